@@ -49,6 +49,9 @@ class SourceConfig(StrictModel):
     shard_size: int = Field(1000, ge=1, description="images per shard")
     limit: int | None = Field(None, ge=1, description="use only the first N images (sorted)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    max_pixels: int = Field(
+        250_000_000, ge=1, description="larger images are recorded as decode failures (replaces PIL's bomb guard)"
+    )
     synthetic: SynthConfig = SynthConfig()
 
 
@@ -125,11 +128,20 @@ class StegoLossConfig(StrictModel):
     stabilize: bool = False
 
 
+# Shifts for the `pixel` featurizer, chosen as STEGO's author advises (issue #23) from its cosine
+# statistics on the synthetic set (same-class pairs: median 0.92, 25th pct 0.73; different-class pairs:
+# median 0.26, 75th pct 0.56); weights of STEGO's active default block ("IAROA vit small").
+PIXEL_STEGO_LOSS = StegoLossConfig(
+    pos_intra_weight=0.67, pos_inter_weight=0.25, neg_inter_weight=0.63,
+    pos_intra_shift=0.7, pos_inter_shift=0.7, neg_inter_shift=0.8,
+)
+
+
 class StegoConfig(StrictModel):
     """STEGO head training, cluster probe and semantic inference."""
 
     dim: int = Field(70, ge=1)
-    n_classes: int = Field(27, ge=2)
+    n_classes: int = Field(27, ge=2, le=255, description="cluster-probe classes (maps are uint8)")
     dropout: float = 0.1
     loss: StegoLossConfig = StegoLossConfig()
     knn: int = Field(7, ge=1, description="positives drawn from the top-k cosine neighbours")
@@ -138,12 +150,27 @@ class StegoConfig(StrictModel):
     lr: float = 5e-4
     probe_lr: float = 5e-3
     crop: Literal["five", "none"] = "five"
+    train_grid: int = Field(28, ge=2, description="token grid side the head trains on (STEGO: 224 / 8)")
     checkpoint_every: int = Field(400, ge=1)
     pretrained: str | None = Field(None, description="released STEGO .ckpt to load instead of training")
+    probe: Literal["cluster", "linear"] = Field(
+        "cluster",
+        description="'linear' = the released checkpoint's supervised linear probe (U2Seg's setup); needs `pretrained`",
+    )
     inference_resolution: int = Field(448, ge=16)
     crf: bool = True
+    crf_params: CRFConfig = CRFConfig(
+        iterations=10, gaussian_sxy=1.0, gaussian_compat=3.0, bilateral_sxy=67.0, bilateral_srgb=3.0,
+        bilateral_compat=4.0,
+    )
     device: str = "auto"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_probe(self) -> "StegoConfig":
+        if self.probe == "linear" and self.pretrained is None:
+            raise ValueError("stego.probe='linear' needs stego.pretrained (a released STEGO .ckpt with a linear probe)")
+        return self
 
 
 class MergeConfig(StrictModel):
@@ -178,6 +205,9 @@ class OrchestrationConfig(StrictModel):
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = 2.0
     max_failure_rate: float = Field(0.5, ge=0.0, le=1.0, description="shard fails above this")
+    max_shards_per_flow: int = Field(
+        2000, ge=1, description="more shards (= task runs in one stage flow run) is an error: raise shard_size"
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -212,7 +242,9 @@ class PipelineConfig(StrictModel):
             features=FeaturesConfig(backbone=pixel, resolution=224),
             maskcut=MaskCutConfig(backbone=pixel, resolution=240, n_masks=4, embedding="pooled"),
             cluster=ClusterConfig(k=12, niter=50),
-            stego=StegoConfig(dim=32, n_classes=8, steps=300, batch_size=8, inference_resolution=224),
+            stego=StegoConfig(
+                dim=32, n_classes=8, steps=300, batch_size=8, inference_resolution=224, loss=PIXEL_STEGO_LOSS
+            ),
         )
         return base.model_copy(update=overrides) if overrides else base
 

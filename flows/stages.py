@@ -1,0 +1,162 @@
+"""One Prefect flow per stage: one task per shard (plus the stage's global step), progress and shard table
+artifacts, then the stage manifest.
+
+The flows run under whatever task runner they are given (`flows/runners.py`); `flows/pipeline.py` calls them as
+subflows. Called directly they use a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm.auto import tqdm
+
+from tasks.global_step import run_global_task
+from tasks.options import stage_task_options
+from tasks.shard import run_shard_task
+from u2seg_core.config import OrchestrationConfig, PipelineConfig
+from u2seg_core.manifest import GlobalResult, ShardResult, StageManifest
+from u2seg_core.pipeline import STAGES, ShardRef, StageRun
+from u2seg_core.rundir import RunDir
+
+from .artifacts import artifact_key, failed_row, shard_row
+from .runners import gpu_annotation
+
+
+class StageFailedError(RuntimeError):
+    """Some shards of a stage failed; the others are done and cached for the next run."""
+
+
+def run_stage(stage: str, run_dir: str, cfg: PipelineConfig, refresh: bool = False) -> StageManifest:
+    """Drive one stage inside the current flow run (see `u2seg_core.pipeline` for the sequence)."""
+    spec, run, logger = STAGES[stage], RunDir(run_dir), get_run_logger()
+    stage_run = StageRun.start(spec, run, cfg)
+    options = stage_task_options(spec, run, cfg.orchestration, refresh)
+    global_task = run_global_task.with_options(**options)
+    shard_task = run_shard_task.with_options(**options)
+
+    before = after = None
+    with gpu_annotation(spec.gpu, cfg.orchestration):
+        if stage_run.has_global_before:
+            before = global_task.submit(stage, run.root, cfg, stage_run.global_key(), refresh).result()
+        shard_keys = stage_run.shard_keys(before)
+        _check_fan_out(stage, len(shard_keys), cfg.orchestration)
+        futures = {
+            shard_task.submit(stage, run.root, ref.index, ref.hash, cfg, key, refresh): ref
+            for ref, key in shard_keys
+        }
+    results = _collect(stage, run, futures) if futures else []
+    if stage_run.has_global_after:
+        after = global_task.submit(stage, run.root, cfg, stage_run.global_key(results), refresh).result()
+
+    manifest = stage_run.finish(results, before or after)
+    logger.info(
+        "%s done: %d shards, %d images, %d per-image failures", stage,
+        len(manifest.shards), manifest.summary.get("n_images", 0), len(manifest.failures),
+    )
+    return manifest
+
+
+def _check_fan_out(stage: str, n_shards: int, orch: OrchestrationConfig) -> None:
+    if n_shards > orch.max_shards_per_flow:
+        raise ValueError(
+            f"{stage}: {n_shards} shards would be {n_shards} task runs in one flow run, more than "
+            f"orchestration.max_shards_per_flow={orch.max_shards_per_flow}; raise source.shard_size and re-plan"
+        )
+
+
+def _collect(stage: str, run: RunDir, futures: dict[PrefectFuture[ShardResult], ShardRef]) -> list[ShardResult]:
+    """Wait for the shard tasks as they finish, updating the progress artifact; then the shard table.
+
+    Raises StageFailedError naming every failed shard once all shards have finished."""
+    progress = create_progress_artifact(
+        0.0, key=artifact_key(run, stage, "progress"), description=f"{stage}: shards finished"
+    )
+    results: list[ShardResult] = []
+    rows, errors = [], {}
+    last_update = 0.0
+    for done, future in enumerate(
+        tqdm(as_completed(list(futures)), total=len(futures), desc=stage, unit="shard", disable=None), start=1
+    ):
+        future.wait()
+        shard, state = futures[future].name, future.state
+        if state.is_completed():
+            results.append(future.result())
+            rows.append(shard_row(results[-1], state.name))
+        else:
+            errors[shard] = state.message or state.name
+            rows.append(failed_row(shard, errors[shard]))
+        if time.monotonic() - last_update > 1.0 or done == len(futures):
+            update_progress_artifact(progress, 100.0 * done / len(futures))
+            last_update = time.monotonic()
+    rows.sort(key=lambda row: row["shard"])
+    create_table_artifact(
+        rows, key=artifact_key(run, stage, "shards"),
+        description=f"{stage}: per-shard state, counts, seconds and failures ({len(errors)} failed shards)",
+    )
+    if errors:
+        listing = "\n".join(f"  {shard}: {message}" for shard, message in sorted(errors.items()))
+        raise StageFailedError(
+            f"{stage}: {len(errors)} of {len(futures)} shards failed (the others are done and will be reused):\n"
+            + listing
+        )
+    return results
+
+
+def _stage_run_name() -> str:
+    """e.g. "maskcut-demo" (stage and run directory name)."""
+    run_name = flow_run.parameters["run_dir"].rstrip("/").rsplit("/", 1)[-1]
+    return f"{flow_run.flow_name}-{run_name}"
+
+
+def _stage_flow(name: str, description: str):
+    return flow(
+        name=name, description=description, flow_run_name=_stage_run_name,
+        task_runner=ThreadPoolTaskRunner(max_workers=OrchestrationConfig().max_workers),
+    )
+
+
+@_stage_flow("plan", "Fix the image shards (synthesises the built-in dataset when there is no source).")
+def plan_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("plan", run_dir, config, refresh)
+
+
+@_stage_flow("features", "Patch tokens and pooled features per shard into zarr (GPU).")
+def features_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("features", run_dir, config, refresh)
+
+
+@_stage_flow("maskcut", "MaskCut instance masks and mask embeddings per shard (GPU).")
+def maskcut_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("maskcut", run_dir, config, refresh)
+
+
+@_stage_flow("cluster", "Global K-means of the mask embeddings, then cluster ids per shard.")
+def cluster_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("cluster", run_dir, config, refresh)
+
+
+@_stage_flow("stego", "Train the STEGO head on the stored features, then semantic maps per shard (GPU).")
+def stego_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("stego", run_dir, config, refresh)
+
+
+@_stage_flow("merge", "Panoptic pseudo-labels per shard, then the COCO panoptic and instance JSON files.")
+def merge_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("merge", run_dir, config, refresh)
+
+
+@_stage_flow("evaluate", "PQ / AP / mIoU of the pseudo-labels against the ground truth.")
+def evaluate_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+    return run_stage("evaluate", run_dir, config, refresh)
+
+
+STAGE_FLOWS = {
+    "plan": plan_flow, "features": features_flow, "maskcut": maskcut_flow, "cluster": cluster_flow,
+    "stego": stego_flow, "merge": merge_flow, "evaluate": evaluate_flow,
+}

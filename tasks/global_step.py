@@ -1,0 +1,34 @@
+"""The Prefect task for a stage's global step (plan, K-means fit, STEGO training, merge finalize, evaluate)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.runtime import task_run
+
+from u2seg_core.config import PipelineConfig
+from u2seg_core.manifest import GlobalResult
+from u2seg_core.pipeline import STAGES, run_global_step
+from u2seg_core.rundir import RunDir
+
+from .caching import global_task_cache_key
+from .retry import retry_transient
+
+
+def _task_run_name() -> str:
+    """e.g. "cluster-fit_centroids"."""
+    stage = task_run.parameters["stage"]
+    return f"{stage}-{STAGES[stage].global_step_name}"
+
+
+@task(
+    name="global-step",
+    task_run_name=_task_run_name,
+    cache_key_fn=global_task_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    cache_result_in_memory=False,
+    retry_condition_fn=retry_transient,
+)
+def run_global_task(stage: str, run_root: str, cfg: PipelineConfig, key: str, force: bool = False) -> GlobalResult:
+    """Run `stage`'s global step (skipped when `RUN/<stage>/_global.json` already has `key`)."""
+    return run_global_step(STAGES[stage], RunDir(run_root), cfg, key, force)

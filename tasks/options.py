@@ -1,0 +1,25 @@
+"""Per-stage task options: result storage under the run directory, retries with backoff, tags, refresh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.tasks import exponential_backoff
+
+from u2seg_core.config import OrchestrationConfig
+from u2seg_core.pipeline import StageSpec
+from u2seg_core.rundir import RunDir
+
+from .caching import result_storage_for
+
+
+def stage_task_options(spec: StageSpec, run: RunDir, orch: OrchestrationConfig, force: bool) -> dict[str, Any]:
+    """Keyword arguments for `task.with_options(...)` shared by a stage's tasks (call inside the stage flow)."""
+    return {
+        "result_storage": result_storage_for(run),
+        "refresh_cache": force,
+        "retries": orch.retries,
+        "retry_delay_seconds": exponential_backoff(orch.retry_delay_seconds),
+        "retry_jitter_factor": 0.5,
+        "tags": {spec.name, "gpu"} if spec.gpu else {spec.name},
+    }

@@ -1,0 +1,168 @@
+"""Shared pytest fixtures (append-only: each area adds its fixtures below)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from u2seg_core import storage
+
+# ---- S3 (moto server) ------------------------------------------------------------------------
+
+_AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """URL of a local moto S3 server ("http://127.0.0.1:<port>"), with dummy AWS credentials in the env."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {key: os.environ.get(key) for key in _AWS_TEST_ENV}
+    os.environ.update(_AWS_TEST_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh, empty bucket "s3://<name>" whose storage options point at the moto server."""
+    import boto3
+    import s3fs
+
+    name = f"u2seg-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    url = f"s3://{name}"
+    storage.register_storage_options(
+        url, {"client_kwargs": {"endpoint_url": s3_endpoint}, "skip_instance_cache": True}
+    )
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield url
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+# ---- planned run directories (cluster / merge / evaluate stage tests) -------------------------
+
+
+@pytest.fixture
+def planned_run(tmp_path):
+    """Factory: `planned_run([[ImageRecord, ...], ...])` -> a RunDir whose plan lists those shards."""
+    from u2seg_core.manifest import ShardManifest, StageManifest
+    from u2seg_core.rundir import RunDir
+
+    def make(shards):
+        run = RunDir(str(tmp_path / "run"))
+        for index, images in enumerate(shards):
+            manifest = ShardManifest(shard_index=index, source="test", images=images)
+            storage.write_json(run.shard_manifest_url(index), manifest.model_dump(mode="json"))
+        plan = StageManifest(
+            stage="plan", stage_version="1", code_version="test", config={}, config_hash="",
+            summary={"n_shards": len(shards)},
+        )
+        storage.write_json(run.stage_manifest_url("plan"), plan.model_dump(mode="json"))
+        return run
+
+    return make
+
+
+# ---- Prefect flows (orchestration tests) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A temporary Prefect API server with its own SQLite database, shared by the flow tests."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_config():
+    """PipelineConfig.demo() shrunk for tests: 6 synthetic 64-px images in 3 shards, 2 worker threads."""
+    from u2seg_core.config import PipelineConfig, SynthConfig
+
+    demo = PipelineConfig.demo()
+    return demo.model_copy(
+        update={
+            "source": demo.source.model_copy(update={"shard_size": 2, "synthetic": SynthConfig(n=6, size=64, seed=3)}),
+            "features": demo.features.model_copy(update={"resolution": 64}),
+            "maskcut": demo.maskcut.model_copy(update={"resolution": 64}),
+            "cluster": demo.cluster.model_copy(update={"k": 3, "niter": 10}),
+            "stego": demo.stego.model_copy(
+                update={"steps": 4, "dim": 8, "n_classes": 3, "batch_size": 2, "inference_resolution": 64,
+                        "crf": False, "crop": "none", "train_grid": 8}
+            ),
+            "evaluate": demo.evaluate.model_copy(update={"overlays": 1}),
+            "orchestration": demo.orchestration.model_copy(update={"max_workers": 2, "retry_delay_seconds": 0.1}),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def task_states(prefect_api):
+    """`task_states(flow_run_id)` -> {task run name: state name} over a flow run and its subflow runs,
+    read through the Prefect API once every task run has reached a final state."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    def read(flow_run_id) -> dict[str, str]:
+        with get_client(sync_client=True) as client:
+            subflows = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+            )
+            ids = [flow_run_id] + [run.id for run in subflows]
+            subflow_calls = {run.parent_task_run_id for run in subflows}  # the parent's stand-in task runs
+            deadline, previous = time.monotonic() + 30, None
+            while True:
+                runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+                runs = [r for r in runs if r.id not in subflow_calls]
+                states = {r.name: r.state.name for r in runs if r.state}
+                settled = states == previous and all(r.state and r.state.is_final() for r in runs)
+                if settled or time.monotonic() > deadline:
+                    return states
+                previous = states
+                time.sleep(0.3)
+
+    return read
+
+
+# ---- backbone weights ---------------------------------------------------------------------------
+
+# The test suite never downloads DINO checkpoints (u2seg_core.backbone.weights honours U2SEG_OFFLINE).
+os.environ.setdefault("U2SEG_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def run_outputs():
+    """`run_outputs(root)` -> {relative path: bytes} of every data file of a local run directory, without
+    run-specific metadata (manifests and markers carry timings, plan shards carry absolute image paths)."""
+    from pathlib import Path
+
+    volatile = (".prefect", "_shards", "_global.json", "_errors", "manifest.json", "run.json", "plan/shards")
+
+    def read(root) -> dict[str, bytes]:
+        files = {}
+        for path in sorted(Path(root).rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and not any(part in rel for part in volatile):
+                files[rel] = path.read_bytes()
+        return files
+
+    return read

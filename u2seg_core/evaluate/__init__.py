@@ -1,0 +1,1 @@
+"""Evaluation of pseudo-labels against ground truth."""

@@ -1,0 +1,18 @@
+"""Image input: sources -> plan (shards) -> robust decoding -> batched loading."""
+
+from .decode import ImageDecodeError, load_image, load_rgb
+from .loader import ImageBatch, iter_batches
+from .plan import make_shards, plan_shards
+from .sources import IMAGE_EXTENSIONS, list_images
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageBatch",
+    "ImageDecodeError",
+    "iter_batches",
+    "list_images",
+    "load_image",
+    "load_rgb",
+    "make_shards",
+    "plan_shards",
+]

@@ -1,0 +1,188 @@
+"""The NCut eigensolve of MaskCut: the second-smallest generalised eigenvector of (D - A) y = lambda D y.
+
+Two solvers behind one interface, `solve(graph, method) -> Fiedler`:
+
+* `dense`: the reference, per image in float64 on the CPU, exactly CutLER's
+  `scipy.linalg.eigh(D - A, D, subset_by_index=[1, 2])`, column 0.
+* `fast`: all images of the batch at once on the graph's device. With u = D^1/2 y the problem is the
+  second-largest eigenvector of M = D^-1/2 A D^-1/2, whose largest one, sqrt(d), is known exactly and
+  projected out. A block Krylov method with full reorthogonalisation and Rayleigh-Ritz runs in
+  float32 (M is only ever applied through `PatchGraph.matmul`: one batched matmul with the 0/1 edge
+  matrix). An image is accepted once its Ritz residual bounds the eigenvector error (residual / gap
+  to the next Ritz value); images that do not converge, or whose top two eigenvalues are too close to
+  tell apart in float32, are solved again by `dense`, so a near-tie is decided as the reference does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from .affinity import PatchGraph
+
+Method = Literal["dense", "fast"]
+
+
+@dataclass
+class Fiedler:
+    """Second-smallest generalised eigenpairs of a batch.
+
+    vectors: (B, N) float64 eigenvectors y (sign and scale arbitrary, as in the reference).
+    values:  (B,) float64 eigenvalues lambda_1 (0 <= lambda_1 <= 1 for these graphs).
+    dense:   (B,) bool, images solved by the dense solver (all of them for `dense`; the fallbacks for `fast`).
+    krylov_dim: (B,) int64, size of the Krylov basis each image needed (0 for `dense`).
+    """
+
+    vectors: Tensor
+    values: Tensor
+    dense: Tensor
+    krylov_dim: Tensor
+
+
+@dataclass(frozen=True)
+class KrylovSettings:
+    """Stopping rules of the fast solver.
+
+    block: vectors added to the Krylov basis per step (one batched matmul with the edges each).
+    max_dim: largest basis (columns) before giving up on an image (it then goes to `dense`).
+    residual_tol: accept when ||M u - theta u|| <= residual_tol ...
+    angle_tol: ... and ||M u - theta u|| / (theta_1 - theta_2) <= angle_tol (Davis-Kahan bound on
+        the eigenvector error).
+    check_every: Rayleigh-Ritz / convergence test every this many steps.
+    seed: start block seed (fixed: reruns are identical).
+    """
+
+    block: int = 8
+    max_dim: int = 320
+    residual_tol: float = 2e-5
+    angle_tol: float = 2e-3
+    check_every: int = 2
+    seed: int = 0
+
+
+def solve(graph: PatchGraph, method: Method = "fast", settings: KrylovSettings = KrylovSettings()) -> Fiedler:
+    """Second-smallest eigenpair of (D - A) y = lambda D y for every image of `graph` (N >= 3)."""
+    if graph.n < 3:
+        raise ValueError(f"the NCut eigenproblem needs at least 3 patches, got {graph.n}")
+    if method == "dense":
+        return solve_dense(graph)
+    if method == "fast":
+        return solve_fast(graph, settings)
+    raise ValueError(f"unknown solver {method!r}; use 'dense' or 'fast'")
+
+
+def dense_fiedler(affinity: np.ndarray) -> tuple[np.ndarray, float]:
+    """CutLER's solve for one (N, N) float64 affinity: (y (N,), lambda_1)."""
+    degree = np.diag(affinity.sum(axis=1))
+    values, vectors = scipy.linalg.eigh(degree - affinity, degree, subset_by_index=[1, 2])
+    return vectors[:, 0], float(values[0])
+
+
+def solve_dense(graph: PatchGraph, images: list[int] | None = None) -> Fiedler:
+    """The reference solver on `images` (default: all) of the batch; other rows are left at zero."""
+    batch = graph.batch
+    vectors = torch.zeros(batch, graph.n, dtype=torch.float64)
+    values = torch.zeros(batch, dtype=torch.float64)
+    chosen = torch.zeros(batch, dtype=torch.bool)
+    for index in range(batch) if images is None else images:
+        y, lam = dense_fiedler(graph.dense(index))
+        vectors[index] = torch.from_numpy(y)
+        values[index] = lam
+        chosen[index] = True
+    device = graph.edges.device
+    return Fiedler(vectors.to(device), values.to(device), chosen.to(device), torch.zeros_like(chosen, dtype=torch.int64).to(device))
+
+
+def _orthonormalize(block: Tensor, basis: Tensor | None, trivial: Tensor, generator: torch.Generator) -> Tensor:
+    """Orthonormal (B, N, k) block orthogonal to `trivial` (B, N, 1) and to `basis` (B, N, m).
+
+    Classical Gram-Schmidt twice, then QR. Columns that were (numerically) inside the span already
+    are replaced by fresh random directions, so rounding noise is never normalised into the basis.
+    """
+
+    def project(x: Tensor) -> Tensor:
+        for _ in range(2):
+            x = x - trivial @ (trivial.transpose(1, 2) @ x)
+            if basis is not None:
+                x = x - basis @ (basis.transpose(1, 2) @ x)
+        return x
+
+    block = block / torch.linalg.vector_norm(block, dim=1, keepdim=True).clamp_min(1e-30)
+    q, r = torch.linalg.qr(project(block))
+    weak = torch.diagonal(r, dim1=1, dim2=2).abs() < 1e-3
+    if bool(weak.any()):
+        fresh = torch.randn(block.shape, generator=generator).to(block.device)
+        q, _ = torch.linalg.qr(project(torch.where(weak.unsqueeze(1), fresh, q)))
+    return q
+
+
+def _krylov_setup(graph: PatchGraph) -> tuple[Tensor, Tensor]:
+    """(D^-1/2 as (B, N, 1) float32, the unit trivial eigenvector sqrt(d)/||sqrt(d)|| as (B, N, 1) float32)."""
+    degrees = graph.degrees(torch.float64)
+    trivial = degrees.sqrt()
+    trivial = trivial / torch.linalg.vector_norm(trivial, dim=1, keepdim=True)
+    return degrees.rsqrt().float().unsqueeze(-1), trivial.float().unsqueeze(-1)
+
+
+def solve_fast(graph: PatchGraph, settings: KrylovSettings = KrylovSettings()) -> Fiedler:
+    """Batched block Krylov solve in float32 with a dense fallback (see the module docstring).
+
+    Images leave the batch as soon as they converge, so one hard image does not make the others pay.
+    """
+    batch, n, device = graph.batch, graph.n, graph.edges.device
+    block = min(settings.block, n - 1)
+    max_dim = min(settings.max_dim, n - 1)
+    generator = torch.Generator().manual_seed(settings.seed)
+    theta = torch.zeros(batch, dtype=torch.float64, device=device)
+    vectors = torch.zeros(batch, n, dtype=torch.float64, device=device)
+    dims = torch.zeros(batch, dtype=torch.int64, device=device)
+
+    live = torch.arange(batch, device=device)
+    sub = graph
+    inv_sqrt, trivial = _krylov_setup(sub)
+    start = torch.randn(batch, n, block, generator=generator).to(device)
+    basis = _orthonormalize(start, None, trivial, generator)
+    image = inv_sqrt * sub.matmul(inv_sqrt * basis)
+    step = 0
+    while len(live):
+        step += 1
+        dim = basis.shape[-1]
+        last = dim + block > max_dim
+        if step % settings.check_every == 0 or last:
+            small = basis.transpose(1, 2) @ image
+            values, coords = torch.linalg.eigh(0.5 * (small + small.transpose(1, 2)))
+            top = coords[..., -1:]
+            ritz = (basis @ top).squeeze(-1)
+            residual = torch.linalg.vector_norm((image @ top).squeeze(-1) - values[:, -1:] * ritz, dim=1)
+            gap = values[:, -1] - values[:, -2]
+            ok = (residual <= settings.residual_tol) & (residual <= settings.angle_tol * gap)
+            done = live[ok]
+            theta[done] = values[ok, -1].double()
+            vectors[done] = (inv_sqrt[ok].squeeze(-1) * ritz[ok]).double()
+            dims[live] = dim
+            if last:
+                break
+            if bool(ok.any()):
+                keep = ~ok
+                live, basis, image = live[keep], basis[keep], image[keep]
+                sub = graph.select(live)
+                inv_sqrt, trivial = _krylov_setup(sub)
+                if not len(live):
+                    break
+        new = _orthonormalize(image[..., -block:], basis, trivial, generator)
+        basis = torch.cat([basis, new], dim=-1)
+        image = torch.cat([image, inv_sqrt * sub.matmul(inv_sqrt * new)], dim=-1)
+
+    converged = torch.ones(batch, dtype=torch.bool, device=device)
+    converged[live] = False
+    result = Fiedler(vectors, 1.0 - theta, ~converged, dims)
+    if len(live):
+        fallback = solve_dense(graph, live.tolist())
+        result.vectors[live] = fallback.vectors[live]
+        result.values[live] = fallback.values[live]
+    return result
