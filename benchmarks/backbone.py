@@ -4,7 +4,7 @@ Measures, side by side on each device, the keys-only pass (MaskCut) and the full
 CLS), plus the training-free `pixel` featurizer. CPU runs a few images by default; CUDA (when
 present) runs bf16 autocast at batch 16 with warm-up and synchronisation.
 
-    python benchmarks/backbone.py                       # ViT-B/8 at 480x480, CPU (2 images) + CUDA if present
+    python benchmarks/backbone.py                       # ViT-B/8 at 480x480, CPU (1 image) + CUDA if present
     python benchmarks/backbone.py --cpu-images 8 --cuda-batches 50
 """
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="vit_base_patch8", help="vit_{small,base}_patch{8,16}")
     parser.add_argument("--size", type=int, default=480, help="square input side (multiple of the patch)")
-    parser.add_argument("--cpu-images", type=int, default=2, help="images per CPU batch (0 skips the CPU)")
+    parser.add_argument("--cpu-images", type=int, default=1, help="images per CPU batch (0 skips the CPU)")
     parser.add_argument("--cpu-batches", type=int, default=1)
     parser.add_argument("--cuda-batch", type=int, default=16)
     parser.add_argument("--cuda-batches", type=int, default=20)

@@ -242,8 +242,10 @@ class PipelineConfig(StrictModel):
             features=FeaturesConfig(backbone=pixel, resolution=224),
             maskcut=MaskCutConfig(backbone=pixel, resolution=240, n_masks=4, embedding="pooled"),
             cluster=ClusterConfig(k=12, niter=50),
+            # probe_lr: 10x STEGO's, so the centroids converge within 300 steps instead of 5000
             stego=StegoConfig(
-                dim=32, n_classes=8, steps=300, batch_size=8, inference_resolution=224, loss=PIXEL_STEGO_LOSS
+                dim=32, n_classes=8, steps=300, batch_size=8, probe_lr=5e-2, inference_resolution=224,
+                loss=PIXEL_STEGO_LOSS,
             ),
         )
         return base.model_copy(update=overrides) if overrides else base

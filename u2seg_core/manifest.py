@@ -71,8 +71,9 @@ class ShardResult(BaseModel):
 
     @property
     def hash(self) -> str:
-        """Identity of the outputs (timings excluded) for downstream cache keys."""
-        data = self.model_dump(mode="json", exclude={"seconds", "cache_key"})
+        """Identity of the outputs for downstream cache keys (timings and counts excluded, so a
+        recomputed shard with the same outputs keeps its hash)."""
+        data = self.model_dump(mode="json", exclude={"seconds", "cache_key", "counts"})
         return hash_json(data)
 
 

@@ -68,8 +68,8 @@ def resolve_weights(arch: str, explicit: str | None = None) -> Path:
         return target
     raise WeightsNotFoundError(
         f"DINO weights '{file}' for {arch} not found (looked in: {', '.join(str(p) for p in candidates)}) "
-        f"and could not be downloaded. Download {weights_url(arch)} and put it in the folder named by "
-        f"$U2SEG_WEIGHTS or in {hub_checkpoint_dir()}, or set BackboneConfig.weights "
+        f"and could not be downloaded (offline, or $U2SEG_OFFLINE is set). Download {weights_url(arch)} and put "
+        f"it in the folder named by $U2SEG_WEIGHTS or in {hub_checkpoint_dir()}, or set BackboneConfig.weights "
         "(features.backbone.weights / maskcut.backbone.weights) to its path."
     )
 

@@ -274,7 +274,7 @@ def evaluate_predictions(
     files = {int(im["id"]): im["file_name"] for im in gt_doc["images"]}
     overlay_urls, report["overlay_failures"] = write_overlays(
         out_dir, cfg.overlays, gt_paths, files, gt_annotations, pred_annotations, pred_panoptic_dir, category_map,
-        names, image_urls,
+        names, set(gt_layout.thing_ids), image_urls,
     )
     report["seconds"] = time.perf_counter() - start
     thing_names = [names[c] for c in gt_layout.thing_ids]
@@ -321,11 +321,13 @@ def write_overlays(
     pred_panoptic_dir: str,
     category_map: dict[int, int],
     names: dict[int, str],
+    thing_ids: set[int],
     image_urls: dict[int, str] | None,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """overlays/<image_id>.png (ground truth | mapped prediction) for the first `n` predicted images.
 
     files: image_id -> ground-truth image file name (used when `image_urls` lacks the image).
+    Stuff is coloured by category (the same colour on both sides), things by segment.
 
     Returns the written URLs and {image_id, reason} for overlays that could not be drawn.
     """
@@ -333,8 +335,9 @@ def write_overlays(
     for image_id in sorted(set(gt_annotations) & set(pred_annotations))[:n]:
         image_url = (image_urls or {}).get(image_id) or storage.join(gt_paths["images"], files.get(image_id, ""))
         gt_ann, pred_ann = gt_annotations[image_id], pred_annotations[image_id]
+        gt_segments = [{**s, "isthing": s["category_id"] in thing_ids} for s in gt_ann["segments_info"]]
         mapped = [
-            {**s, "category_id": category_map[s["category_id"]]}
+            {**s, "category_id": category_map[s["category_id"]], "isthing": category_map[s["category_id"]] in thing_ids}
             for s in pred_ann["segments_info"]
             if s["category_id"] in category_map
         ]
@@ -343,7 +346,7 @@ def write_overlays(
             pred_ids = read_segment_ids(storage.join(pred_panoptic_dir, pred_ann["file_name"]))
             kept = np.array([s["id"] for s in mapped], dtype=np.int64)
             pred_ids = np.where(np.isin(pred_ids, kept), pred_ids, VOID)
-            picture = overlay_pair(load_rgb(image_url), gt_ids, gt_ann["segments_info"], pred_ids, mapped, names)
+            picture = overlay_pair(load_rgb(image_url), gt_ids, gt_segments, pred_ids, mapped, names)
         except (ValueError, OSError) as exc:  # a missing or unreadable image only costs its overlay
             failed.append({"image_id": image_id, "reason": f"overlay not drawn: {exc}"})
             continue

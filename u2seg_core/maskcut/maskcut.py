@@ -31,11 +31,13 @@ MAX_PREVIOUS_IOU = 0.5
 @dataclass
 class MaskCutResult:
     """masks (B, R, h, w) bool disjoint masks of the R rounds (empty = no mask / dropped);
-    scores (B, R) float64 mask scores (`ncut_score`, 0 for empty masks);
-    degenerate (B,) bool images whose round-0 affinity was constant; dense_solves: fallback count."""
+    scores (B, R) float64 mask scores (`ncut_score` of the round's component, 0 for empty masks);
+    bipartition (B, h, w) bool the round-0 foreground side (before keeping the seed's component);
+    degenerate (B,) bool images whose round-0 affinity was constant; dense_solves: fast-solver fallbacks."""
 
     masks: Tensor
     scores: Tensor
+    bipartition: Tensor
     degenerate: Tensor
     dense_solves: int
 
@@ -78,8 +80,10 @@ def maskcut_batch(
     n, device = h * w, keys.device
     masks = torch.zeros(batch, n_masks, n, dtype=torch.bool, device=device)
     scores = torch.zeros(batch, n_masks, dtype=torch.float64, device=device)
+    bipartition = torch.zeros(batch, n, dtype=torch.bool, device=device)
     if n < 3:
-        return MaskCutResult(masks.view(batch, n_masks, h, w), scores, torch.ones(batch, dtype=torch.bool), 0)
+        degenerate = torch.ones(batch, dtype=torch.bool, device=device)
+        return MaskCutResult(masks.view(batch, n_masks, h, w), scores, bipartition.view(batch, h, w), degenerate, 0)
 
     edges = cosine_edges(keys, tau)
     active = torch.ones(batch, n, dtype=torch.bool, device=device)
@@ -99,6 +103,8 @@ def maskcut_batch(
             dense_solves += int(fiedler.dense.sum()) if solver == "fast" else 0
             foreground, seed = choose_foreground(fiedler.vectors, (h, w))
             solved = seed_component(foreground.view(-1, h, w), seed).view(-1, n)
+            if round_index == 0:
+                bipartition[todo] = foreground
             component = component.clone()
             component[todo] = solved
         component = component & ~constant.unsqueeze(1)
@@ -110,11 +116,12 @@ def maskcut_batch(
             dropped = torch.zeros(batch, dtype=torch.bool, device=device)
         kept = component & ~dropped.unsqueeze(1)
         masks[:, round_index] = kept & active
-        scores[:, round_index] = torch.where(kept.any(1), ncut_score(graph, kept), torch.zeros_like(scores[:, 0]))
+        visible = masks[:, round_index].any(1)
+        scores[:, round_index] = torch.where(visible, ncut_score(graph, kept), torch.zeros_like(scores[:, 0]))
         active = active & ~kept
         repeat = dropped & component.any(1)
         previous = kept
-    return MaskCutResult(masks.view(batch, n_masks, h, w), scores, degenerate, dense_solves)
+    return MaskCutResult(masks.view(batch, n_masks, h, w), scores, bipartition.view(batch, h, w), degenerate, dense_solves)
 
 
 def maskcut_reference(keys: np.ndarray, tau: float = 0.15, eps: float = 1e-5, n_masks: int = 3) -> np.ndarray:

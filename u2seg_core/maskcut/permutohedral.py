@@ -67,14 +67,13 @@ class PermutohedralLattice:
         bary[:, 0] += 1.0 + bary[:, d + 1]
         self.weights = bary[:, : d + 1].contiguous()  # (P, d+1)
 
-        # vertex r of the simplex: key_i = rem0_i + canonical[r][rank_i], canonical[r][k] = r - (d+1)[k > d-r]
-        r = torch.arange(d + 1, device=device).view(1, -1, 1)
-        canonical = r - (d + 1) * (rank[:, :d].unsqueeze(1) > d - r).long()  # (P, d+1, d)
-        keys = rem0[:, :d].unsqueeze(1) + canonical  # (P, d+1, d)
-
-        margin = d + 1
-        low_key = keys.amin(dim=(0, 1)) - margin
-        extent = keys.amax(dim=(0, 1)) + margin - low_key + 1
+        # Vertex r of the simplex has key_i = rem0_i + r - (d+1) [rank_i > d - r] (i < d). Keys are
+        # stored as mixed-radix int64 codes (image index as the top digit), which are linear in the
+        # key: the code of a vertex is the code of rem0 plus an offset, and so are its neighbours'.
+        corner = rem0[:, :d]
+        margin = 2 * (d + 1)
+        low_key = corner.amin(dim=0) - margin
+        extent = corner.amax(dim=0) + margin - low_key + 1
         n_groups = int(groups.max()) + 1 if points else 1
         radix = torch.cat([extent, torch.tensor([n_groups], device=device)])
         if float(torch.log2(radix.double()).sum()) > 62:
@@ -82,33 +81,25 @@ class PermutohedralLattice:
         strides = torch.ones(d + 1, dtype=torch.int64, device=device)
         for k in range(d - 1, -1, -1):
             strides[k] = strides[k + 1] * radix[k + 1]
-        self._low, self._strides = low_key, strides[:d]
-        group_code = groups.long() * strides[d]
-
-        codes = self._encode(keys) + group_code.view(-1, 1)
+        base = ((corner - low_key) * strides[:d]).sum(1) + groups.long() * strides[d]
+        # by_rank[p, k] = sum of stride_i over coordinates i < d with rank_i >= k (k = 0..d+1)
+        by_rank = torch.zeros(points, d + 2, dtype=torch.int64, device=device)
+        by_rank.scatter_add_(1, rank[:, :d], strides[:d].expand(points, -1))
+        by_rank = torch.flip(torch.cumsum(torch.flip(by_rank, [1]), 1), [1])
+        r = torch.arange(d + 1, device=device)
+        total_stride = int(strides[:d].sum())
+        codes = base.unsqueeze(1) + r * total_stride - (d + 1) * by_rank[:, d - r + 1]
         self.table, inverse = torch.unique(codes.flatten(), sorted=True, return_inverse=True)
         self.offsets = inverse.view(points, d + 1) + 1  # slot 0 is the empty "missing" vertex
-        n_vertices = len(self.table)
 
-        vertex_keys = torch.empty(n_vertices, d, dtype=torch.int64, device=device)
-        vertex_keys[inverse] = keys.reshape(-1, d)
-        vertex_groups = torch.empty(n_vertices, dtype=torch.int64, device=device)
-        vertex_groups[inverse] = group_code.repeat_interleave(d + 1)
+        # Neighbours along direction j: n1 = key - 1 (all) with key_j + d instead; n2 = key + 1 with key_j - d.
         self.neighbors = []  # per lattice direction j: (n1, n2) slot indices, 0 when absent
         for j in range(d + 1):
-            step = -torch.ones(d, dtype=torch.int64, device=device)
-            if j < d:
-                step[j] = d
-            self.neighbors.append(
-                (self._lookup(vertex_keys + step, vertex_groups), self._lookup(vertex_keys - step, vertex_groups))
-            )
+            delta = -total_stride + ((d + 1) * int(strides[j]) if j < d else 0)
+            self.neighbors.append((self._lookup(self.table + delta), self._lookup(self.table - delta)))
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
 
-    def _encode(self, keys: Tensor) -> Tensor:
-        return ((keys - self._low) * self._strides).sum(-1)
-
-    def _lookup(self, keys: Tensor, group_code: Tensor) -> Tensor:
-        codes = self._encode(keys) + group_code
+    def _lookup(self, codes: Tensor) -> Tensor:
         pos = torch.searchsorted(self.table, codes).clamp_max(len(self.table) - 1)
         return torch.where(self.table[pos] == codes, pos + 1, torch.zeros_like(pos))
 

@@ -1,0 +1,68 @@
+"""MaskCut post-processing (CutLER `maskcut.py` main loop): CRF, hole filling, drop rule, original size.
+
+For each patch-grid mask: nearest upsampling to the S x S network input, dense CRF on the S x S RGB
+image, `binary_fill_holes`, drop when IoU(before CRF, after CRF) < `min_crf_iou`, then resize to the
+original image size the way the reference does (PIL's default bicubic on the 0/255 mask, then
+threshold at half the resized maximum). Empty masks stay empty (the reference drops them as area < 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import MaskCutConfig
+from .components import fill_holes
+from .crf import crf_reference, crf_torch
+from .maskcut import mask_iou
+
+
+def upsample_masks(masks: Tensor, size: int) -> Tensor:
+    """(B, R, h, w) bool patch masks -> (B, R, size, size) bool (nearest, like the reference)."""
+    return F.interpolate(masks.float(), size=(size, size), mode="nearest") > 0.5
+
+
+def run_crf(pixels: Tensor, masks: Tensor, cfg: MaskCutConfig) -> Tensor:
+    """Refine (B, R, S, S) bool masks on their (B, 3, S, S) uint8 images with `cfg.crf`."""
+    if cfg.crf == "none":
+        return masks
+    if cfg.crf == "torch":
+        return crf_torch(pixels.to(masks.device), masks, cfg.crf_params)
+    if cfg.crf == "pydensecrf":
+        rgb = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        host = masks.cpu().numpy()
+        refined = np.zeros_like(host)
+        for b, r in zip(*np.nonzero(host.any(axis=(2, 3)))):
+            refined[b, r] = crf_reference(rgb[b], host[b, r], cfg.crf_params)
+        return torch.from_numpy(refined).to(masks.device)
+    raise ValueError(f"unknown crf {cfg.crf!r}; use 'torch', 'pydensecrf' or 'none'")
+
+
+def refine_masks(pixels: Tensor, masks: Tensor, cfg: MaskCutConfig) -> tuple[Tensor, Tensor]:
+    """pixels (B, 3, S, S) uint8, masks (B, R, h, w) bool -> (refined (B, R, S, S) bool, crf_dropped (B, R) bool).
+
+    crf_dropped marks non-empty masks removed by the IoU(before, after CRF) rule.
+    """
+    batch, n_masks = masks.shape[:2]
+    size = pixels.shape[-1]
+    before = upsample_masks(masks, size)
+    after = run_crf(pixels, before, cfg)
+    if cfg.crf != "none":
+        after = fill_holes(after.reshape(-1, size, size)).reshape(batch, n_masks, size, size)
+    present = before.flatten(2).any(2)
+    iou = mask_iou(before.reshape(batch * n_masks, -1), after.reshape(batch * n_masks, -1)).view(batch, n_masks)
+    keep = present & (iou >= cfg.min_crf_iou)
+    return after & keep.view(batch, n_masks, 1, 1), present & ~keep
+
+
+def resize_to_original(masks: Tensor, height: int, width: int) -> Tensor:
+    """(R, S, S) bool -> (R, height, width) bool: bicubic (PIL's default filter, antialiased like PIL)
+    of the 0/1 mask, thresholded at half of each mask's resized maximum."""
+    if masks.shape[-2:] == (height, width):
+        return masks.clone()
+    values = F.interpolate(masks.float().unsqueeze(0), size=(height, width), mode="bicubic", antialias=True)[0]
+    values = values.clamp(0.0, 1.0)
+    peak = values.flatten(1).amax(1).view(-1, 1, 1)
+    return (values > 0.5 * peak) & (peak > 0)
