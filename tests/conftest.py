@@ -152,10 +152,13 @@ os.environ.setdefault("U2SEG_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def run_outputs():
     """`run_outputs(root)` -> {relative path: bytes} of every data file of a local run directory, without
-    run-specific metadata (manifests and markers carry timings, plan shards carry absolute image paths)."""
+    run-specific metadata (manifests, markers and evaluation reports carry timings and absolute paths)."""
     from pathlib import Path
 
-    volatile = (".prefect", "_shards", "_global.json", "_errors", "manifest.json", "run.json", "plan/shards")
+    volatile = (
+        ".prefect", "_shards", "_global.json", "_errors", "manifest.json", "run.json", "plan/shards",
+        "evaluate/report.",
+    )
 
     def read(root) -> dict[str, bytes]:
         files = {}
@@ -166,3 +169,118 @@ def run_outputs():
         return files
 
     return read
+
+
+# ---- STEGO released checkpoints ------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_released_stego_ckpt():
+    """`make(path, dim=9, backbone_dim=32, patch=8, n_classes=27, seed=0)` writes a file in the layout of the
+    released STEGO Lightning checkpoints (random values; hparams in a foreign `DictConfig`-like class whose
+    module is gone at load time) and returns its state_dict."""
+    import sys
+    import types
+    from collections import OrderedDict
+
+    import torch
+
+    def foreign_module():
+        module = types.ModuleType("fake_omegaconf")
+
+        class DictConfig:
+            def __init__(self, content):
+                self._content = {k: AnyNode(v, self) for k, v in content.items()}
+                self._parent = None
+
+            def __getstate__(self):
+                return dict(self.__dict__)
+
+        class AnyNode:
+            def __init__(self, value, parent):
+                self._val = value
+                self._parent = parent  # a reference cycle, like omegaconf's nodes
+
+        class ModelCheckpoint:
+            pass
+
+        for cls in (DictConfig, AnyNode, ModelCheckpoint):
+            cls.__module__ = module.__name__
+            cls.__qualname__ = cls.__name__
+            setattr(module, cls.__name__, cls)
+        return module
+
+    def make(path, dim=9, backbone_dim=32, patch=8, n_classes=27, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        d = backbone_dim
+        shapes = {
+            "net.model.cls_token": (1, 1, d),
+            "net.model.pos_embed": (1, 785, d),
+            "net.model.patch_embed.proj.weight": (d, 3, patch, patch),
+            "net.model.patch_embed.proj.bias": (d,),
+            "net.model.blocks.0.norm1.weight": (d,),
+            "net.model.norm.weight": (d,),
+            "net.cluster1.0.weight": (dim, d, 1, 1),
+            "net.cluster1.0.bias": (dim,),
+            "net.cluster2.0.weight": (d, d, 1, 1),
+            "net.cluster2.0.bias": (d,),
+            "net.cluster2.2.weight": (dim, d, 1, 1),
+            "net.cluster2.2.bias": (dim,),
+            "cluster_probe.clusters": (n_classes, dim),
+            "linear_probe.weight": (n_classes, dim, 1, 1),
+            "linear_probe.bias": (n_classes,),
+            "decoder.weight": (d, dim, 1, 1),
+            "decoder.bias": (d,),
+        }
+        state = OrderedDict((k, torch.randn(*s, generator=g)) for k, s in shapes.items())
+        module = foreign_module()
+        sys.modules[module.__name__] = module
+        try:
+            cfg = module.DictConfig({"pos_inter_weight": 1.0, "dim": dim, "model_type": "vit_base"})
+            torch.save(
+                {
+                    "epoch": 3,
+                    "global_step": 5000,
+                    "pytorch-lightning_version": "1.5.10",
+                    "state_dict": state,
+                    "callbacks": {module.ModelCheckpoint: {"best_model_score": torch.tensor(28.19)}},
+                    "optimizer_states": [{"state": {}, "param_groups": [{"lr": 5e-4, "params": [0, 1]}]}],
+                    "lr_schedulers": [],
+                    "hparams_name": "kwargs",
+                    "hyper_parameters": {"n_classes": n_classes, "cfg": cfg},
+                },
+                path,
+            )
+        finally:
+            del sys.modules[module.__name__]
+        return state
+
+    return make
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One intra-op thread for tests of tiny tensors: avoids OpenMP barrier stalls on a loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---- CPU threading (maskcut tests) ----------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """torch and BLAS/LAPACK on one thread for the test (on a busy 2-core machine, multithreaded
+    dense algebra spin-waits and runs many times slower)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)

@@ -44,18 +44,7 @@ def test_killed_worker_loses_nothing_on_rerun(tmp_path, tiny_pipeline_config, pr
     run_pipeline_local(tiny_pipeline_config, str(tmp_path / "clean"), stages=["plan", "features"])
     resumed, clean = run_outputs(tmp_path / "run"), run_outputs(tmp_path / "clean")
     assert sorted(resumed) == sorted(clean)
-    bad = [name for name in clean if resumed[name] != clean[name]]
-    if bad:
-        a, b = zarr.open_group(run.store, mode="r"), zarr.open_group(str(tmp_path / "clean" / "store.zarr"), mode="r")
-        for shard in ["shard-00000", "shard-00001", "shard-00002"]:
-            for k in ["tokens", "pooled"]:
-                x, y = a[f"features/{shard}/{k}"][:].astype(np.float32), b[f"features/{shard}/{k}"][:].astype(np.float32)
-                print("DEBUG", shard, k, np.abs(x - y).max(), (x != y).mean())
-        import json
-        for f in sorted(os.listdir(run.url("features", "_shards"))):
-            print("DEBUG", f, json.load(open(run.url("features", "_shards", f)))["seconds"])
-        print("DEBUG", bad)
-    assert bad == []
+    assert [name for name in clean if resumed[name] != clean[name]] == []
 
 
 def test_gpu_stage_tasks_run_only_on_workers_that_declare_a_gpu(tmp_path, tiny_pipeline_config, prefect_api):

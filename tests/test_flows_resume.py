@@ -11,52 +11,58 @@ from flows.pipeline import pipeline_flow
 from u2seg_core.pipeline import FAULT_ENV, run_pipeline_local
 from u2seg_core.rundir import RunDir
 
-STAGES = ["plan", "features", "stego"]
-def shard_names(stage: str, n: int = 3) -> list[str]:
-    return [f"{stage}-shard-{i:05d}" for i in range(n)]
+pytestmark = pytest.mark.slow
+
+
+def shard_states(states: dict[str, str], stage: str, n: int = 3) -> list[str]:
+    return [states[f"{stage}-shard-{i:05d}"] for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, tiny_pipeline_config, prefect_api, task_states):
-    """A run whose first flow run fails in features shard-00001, then a new flow run; plus a clean run."""
+    """The whole pipeline: a first flow run fails in maskcut shard-00001, then a new flow run; plus a clean run."""
     root = tmp_path_factory.mktemp("resume")
     run_dir = str(root / "run")
     mp = pytest.MonkeyPatch()
-    mp.setenv(FAULT_ENV, "features:shard-00001")
-    failed = pipeline_flow(run_dir=run_dir, config=tiny_pipeline_config, stages=STAGES, return_state=True)
+    mp.setenv(FAULT_ENV, "maskcut:shard-00001")
+    failed = pipeline_flow(run_dir=run_dir, config=tiny_pipeline_config, return_state=True)
     mp.undo()
-    failed_states = task_states(failed.state_details.flow_run_id)
-    resumed = pipeline_flow(run_dir=run_dir, config=tiny_pipeline_config, stages=STAGES, return_state=True)
-    run_pipeline_local(tiny_pipeline_config, str(root / "clean"), stages=STAGES)
+    resumed = pipeline_flow(run_dir=run_dir, config=tiny_pipeline_config, return_state=True)
+    clean = run_pipeline_local(tiny_pipeline_config, str(root / "clean"))
     return {
-        "root": root, "failed": failed, "failed_states": failed_states,
+        "root": root, "clean": clean,
+        "failed": failed, "failed_states": task_states(failed.state_details.flow_run_id),
         "resumed": resumed, "resumed_states": task_states(resumed.state_details.flow_run_id),
     }
 
 
 def test_new_flow_run_resumes_from_cached_shards(resumed_run):
     failed, states = resumed_run["failed"], resumed_run["failed_states"]
-    assert failed.is_failed() and "features shard-00001" in failed.message
-    assert states["features-shard-00001"] == "Failed"
-    assert states["features-shard-00000"] == states["features-shard-00002"] == "Completed"
-    assert not any(name.startswith("stego") for name in states)  # the failed stage stopped the pipeline
+    assert failed.is_failed() and "maskcut shard-00001" in failed.message
+    assert shard_states(states, "features") == ["Completed"] * 3
+    assert shard_states(states, "maskcut") == ["Completed", "Failed", "Completed"]
+    assert not any(name.startswith(("cluster", "stego", "merge", "evaluate")) for name in states)
 
     assert resumed_run["resumed"].is_completed()
     states = resumed_run["resumed_states"]
     assert states["plan-plan_step"] == "Cached"
-    assert states["features-shard-00000"] == states["features-shard-00002"] == "Cached"
-    assert states["features-shard-00001"] == "Completed"
-    assert states["stego-train_head"] == "Completed"
-    assert [states[name] for name in shard_names("stego")] == ["Completed"] * 3
+    assert shard_states(states, "features") == ["Cached"] * 3
+    assert shard_states(states, "maskcut") == ["Cached", "Completed", "Cached"]
+    for step in ("cluster-fit_centroids", "stego-train_head", "merge-finalize", "evaluate-evaluate_run"):
+        assert states[step] == "Completed"
+    for stage in ("cluster", "stego", "merge"):
+        assert shard_states(states, stage) == ["Completed"] * 3
 
 
 def test_resumed_outputs_are_byte_identical_to_a_clean_run(resumed_run, run_outputs):
     root = resumed_run["root"]
     resumed, clean = run_outputs(root / "run"), run_outputs(root / "clean")
-    assert any(name.startswith("store.zarr/features/shard-00001/") for name in clean)
-    assert any(name.startswith("stego/maps/") for name in clean)
+    for produced in ("store.zarr/maskcut/shard-00001/", "stego/maps/", "merge/panoptic/", "evaluate/overlays/"):
+        assert any(name.startswith(produced) for name in clean), produced
     assert sorted(resumed) == sorted(clean)
     assert [name for name in clean if resumed[name] != clean[name]] == []
+    metrics = RunDir(str(root / "run")).stage_manifest("evaluate").summary
+    assert metrics == resumed_run["clean"]["evaluate"].summary and "PQ" in metrics
 
 
 def test_config_change_recomputes_that_stage_and_its_downstream_only(
@@ -64,31 +70,31 @@ def test_config_change_recomputes_that_stage_and_its_downstream_only(
 ):
     run_dir = str(resumed_run["root"] / "changed")
     shutil.copytree(resumed_run["root"] / "run", run_dir)
-    features = tiny_pipeline_config.features
+    maskcut = tiny_pipeline_config.maskcut
     changed = tiny_pipeline_config.model_copy(
-        update={"features": features.model_copy(
-            update={"backbone": features.backbone.model_copy(update={"batch_size": 3})})}
+        update={"maskcut": maskcut.model_copy(update={"backbone": maskcut.backbone.model_copy(update={"batch_size": 3})})}
     )
-    state = pipeline_flow(run_dir=run_dir, config=changed, stages=STAGES, return_state=True)
-    assert state.is_completed()
+    state = pipeline_flow(run_dir=run_dir, config=changed, return_state=True)
+    assert state.is_completed(), state.message
     states = task_states(state.state_details.flow_run_id)
-    assert states["plan-plan_step"] == "Cached"  # upstream of the change: untouched
-    assert [states[n] for n in shard_names("features")] == ["Completed"] * 3  # the changed stage
-    assert states["stego-train_head"] == "Completed"  # downstream: its upstream manifest hash changed
-    assert [states[n] for n in shard_names("stego")] == ["Completed"] * 3
-    assert RunDir(run_dir).stage_manifest("features").config["backbone"]["batch_size"] == 3
+    # not downstream of maskcut: untouched
+    assert states["plan-plan_step"] == states["stego-train_head"] == "Cached"
+    assert shard_states(states, "features") == shard_states(states, "stego") == ["Cached"] * 3
+    # maskcut and everything downstream of it: recomputed
+    assert shard_states(states, "maskcut") == ["Completed"] * 3
+    assert states["cluster-fit_centroids"] == states["merge-finalize"] == states["evaluate-evaluate_run"] == "Completed"
+    assert shard_states(states, "cluster") == shard_states(states, "merge") == ["Completed"] * 3
+    assert RunDir(run_dir).stage_manifest("maskcut").config["backbone"]["batch_size"] == 3
 
-    again = pipeline_flow(run_dir=run_dir, config=changed, stages=STAGES, return_state=True)
-    again_states = task_states(again.state_details.flow_run_id)
-    assert set(again_states.values()) == {"Cached"}, sorted(again_states.items())
+    again = pipeline_flow(run_dir=run_dir, config=changed, return_state=True)
+    assert set(task_states(again.state_details.flow_run_id).values()) == {"Cached"}
 
 
 def test_refresh_forces_one_stage(resumed_run, tiny_pipeline_config, task_states):
-    run_dir = str(resumed_run["root"] / "run")
     state = pipeline_flow(
-        run_dir=run_dir, config=tiny_pipeline_config, stages=["plan", "features"], refresh=["features"],
-        return_state=True,
+        run_dir=str(resumed_run["root"] / "run"), config=tiny_pipeline_config, stages=["plan", "features"],
+        refresh=["features"], return_state=True,
     )
     states = task_states(state.state_details.flow_run_id)
     assert states["plan-plan_step"] == "Cached"
-    assert [states[n] for n in shard_names("features")] == ["Completed"] * 3
+    assert shard_states(states, "features") == ["Completed"] * 3

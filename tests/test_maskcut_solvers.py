@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from threadpoolctl import threadpool_limits
 
 from u2seg_core.backbone import build_backbone
 from u2seg_core.config import BackboneConfig
@@ -14,14 +13,7 @@ from u2seg_core.maskcut import PatchGraph, cosine_edges, maskcut_batch, maskcut_
 from u2seg_core.synth.scene import render_scene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Dense LAPACK/torch on a busy 2-core machine is far faster single-threaded (no spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pixel_keys(n: int, grid: int, seed: int) -> torch.Tensor:

@@ -129,7 +129,8 @@ def test_features_get_no_gradient_and_shift_moves_loss():
     loss = correspondence_loss(feats, feats_pos, codes, codes_pos, cfg, draw)
     assert torch.autograd.grad(loss.total, feats, allow_unused=True)[0] is None
     # a larger shift pushes every clamped pair harder apart: the loss grows
-    shifted = correspondence_loss(feats, feats_pos, codes, codes_pos, cfg.model_copy(update={"pos_intra_shift": 0.9}), draw)
+    larger_shift = cfg.model_copy(update={"pos_intra_shift": 0.9})
+    shifted = correspondence_loss(feats, feats_pos, codes, codes_pos, larger_shift, draw)
     assert shifted.self_term > loss.self_term
 
 

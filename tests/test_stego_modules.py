@@ -82,7 +82,9 @@ def test_cluster_probe_matches_spherical_kmeans_objective():
 
 
 def test_five_crop_boxes_follow_torchvision():
-    assert crop_boxes(56, 56, "five") == [(0, 0, 28, 28), (0, 28, 28, 28), (28, 0, 28, 28), (28, 28, 28, 28), (14, 14, 28, 28)]
+    assert crop_boxes(56, 56, "five") == [
+        (0, 0, 28, 28), (0, 28, 28, 28), (28, 0, 28, 28), (28, 28, 28, 28), (14, 14, 28, 28)
+    ]
     assert crop_boxes(28, 28, "none") == [(0, 0, 28, 28)]
     from torchvision.transforms.functional import five_crop
 

@@ -4,12 +4,15 @@ import json
 import logging
 
 import numpy as np
+import pytest
 import torch
 
 from u2seg_core import storage
 from u2seg_core.config import StegoConfig
 from u2seg_core.stego.checkpoint import load_head
 from u2seg_core.stego.train import latest_checkpoint, train_stego
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def tokens(n=6, channels=16, grid=12, seed=0):

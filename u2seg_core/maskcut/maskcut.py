@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .affinity import PatchGraph, cosine_edges
-from .bipartition import choose_foreground, seed_component
+from .bipartition import TIE_TOL, choose_foreground, seed_component
 from .solvers import KrylovSettings, Method, dense_fiedler, solve
 
 MIN_AREA_FRACTION = 0.01
@@ -85,7 +85,7 @@ def maskcut_batch(
         degenerate = torch.ones(batch, dtype=torch.bool, device=device)
         return MaskCutResult(masks.view(batch, n_masks, h, w), scores, bipartition.view(batch, h, w), degenerate, 0)
 
-    edges = cosine_edges(keys, tau)
+    edges = cosine_edges(keys, tau, dtype=settings.dtype)
     active = torch.ones(batch, n, dtype=torch.bool, device=device)
     previous = torch.zeros(batch, n, dtype=torch.bool, device=device)  # last round's kept mask
     component = torch.zeros(batch, n, dtype=torch.bool, device=device)  # last round's seed component
@@ -148,11 +148,12 @@ orientation (bipartition.py) and the constant-affinity rule.
             if np.sum(y[[0, w - 1, (h - 1) * w, h * w - 1]] > np.sum(y) / len(y)) <= 1:
                 y = -y  # sign orientation (see bipartition.py)
             bipartition = y > np.sum(y) / len(y)
-            seed = int(np.argmax(np.abs(y)))
+            scale = np.abs(y).max()
+            seed = int(np.argmax(np.abs(y) >= scale - TIE_TOL * scale))
             corners = bipartition.reshape(h, w)[[0, 0, -1, -1], [0, -1, 0, -1]].sum()
             if corners >= 3 or not bipartition[seed]:
                 y, bipartition = -y, ~bipartition
-            seed = int(np.argmax(y))
+            seed = int(np.argmax(y >= y.max() - TIE_TOL * scale))
             labels, _ = scipy.ndimage.label(bipartition.reshape(h, w))
             mask = (labels == labels.flat[seed]).reshape(-1)
         if round_index >= 1:

@@ -53,11 +53,14 @@ class SemanticHead:
 def save_head(url: str, head: StegoHead, cluster_probe: ClusterProbe, meta: dict[str, Any],
               linear_probe: LinearProbe | None = None) -> None:
     """Atomically write `head.pt` (state dicts + plain metadata; readable with weights_only=True)."""
+    def cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
     payload = {
         "format": HEAD_FORMAT,
-        "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "cluster_probe": {k: v.detach().cpu() for k, v in cluster_probe.state_dict().items()},
-        "linear_probe": None if linear_probe is None else {k: v.detach().cpu() for k, v in linear_probe.state_dict().items()},
+        "head": cpu_state(head),
+        "cluster_probe": cpu_state(cluster_probe),
+        "linear_probe": None if linear_probe is None else cpu_state(linear_probe),
         "meta": {"in_dim": head.in_dim, "dim": head.dim, "n_classes": cluster_probe.clusters.shape[0],
                  "dropout": head.dropout.p, **meta},
     }

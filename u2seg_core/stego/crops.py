@@ -79,7 +79,8 @@ class TrainingItems:
             region = self.tokens[selected, :, top : top + height, left : left + width]
             region = region.to(self.device, non_blocking=True).float()
             if (height, width) != (self.train_grid, self.train_grid):
-                region = F.interpolate(region, size=(self.train_grid, self.train_grid), mode="bilinear", align_corners=False)
+                size = (self.train_grid, self.train_grid)
+                region = F.interpolate(region, size=size, mode="bilinear", align_corners=False)
             out[torch.as_tensor(rows, device=self.device)] = region
         return out
 

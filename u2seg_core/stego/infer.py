@@ -12,7 +12,7 @@ from torch import Tensor
 from ..backbone import Backbone
 from ..config import CRFConfig
 from .checkpoint import SemanticHead
-from .crf import dense_crf
+from .crf import dense_crf, dense_crf_torch
 
 TOKENS = frozenset({"tokens"})
 
@@ -26,7 +26,9 @@ class SemanticSegmenter:
         model: SemanticHead,
         probe: Literal["cluster", "linear"] = "cluster",
         crf: CRFConfig | None = None,
+        crf_backend: Literal["auto", "torch", "pydensecrf"] = "auto",
     ):
+        """crf None = no CRF; crf_backend 'auto' = batched torch CRF on CUDA, pydensecrf per image on the CPU."""
         if model.head.in_dim != backbone.embed_dim:
             raise ValueError(
                 f"the STEGO head expects {model.head.in_dim}-dim features but backbone {backbone.arch} gives "
@@ -38,6 +40,9 @@ class SemanticSegmenter:
         self.model = model.to(backbone.device)
         self.probe = probe
         self.crf = crf
+        if crf_backend == "auto":
+            crf_backend = "torch" if backbone.device.type == "cuda" else "pydensecrf"
+        self.crf_backend = crf_backend
 
     @torch.no_grad()
     def codes(self, pixels: Tensor) -> Tensor:
@@ -61,6 +66,8 @@ class SemanticSegmenter:
         log_probs = self.log_probs(pixels)
         if self.crf is None:
             return log_probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        if self.crf_backend == "torch":
+            return dense_crf_torch(pixels, log_probs, self.crf).argmax(dim=1).to(torch.uint8).cpu().numpy()
         images = pixels.permute(0, 2, 3, 1).cpu().numpy()
         scores = log_probs.cpu().numpy()
         return np.stack(

@@ -8,6 +8,7 @@ Writes (relative to RUN/):
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -23,6 +24,8 @@ from ..rundir import RunDir
 from .checkpoint import SemanticHead, load_head, load_released, save_head
 from .infer import SemanticSegmenter
 from .train import train_stego
+
+log = logging.getLogger(__name__)
 
 STAGE = "stego"
 SUMMARY_WINDOW = 50
@@ -70,16 +73,19 @@ def train_head(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
             stage=STAGE, outputs={"head": run.rel(head_url(run))}, summary=summary,
             seconds=time.perf_counter() - started,
         )
+    # the stored pooled features describe whole images; STEGO's KNN runs over crops, which train_stego pools
     tokens, _, image_ids = load_features(run, [shard.name for shard in run.shards()])
     result = train_stego(tokens, stego, run.url(STAGE), stego.device)
+    log.info(
+        "STEGO head trained: %d steps (resumed from step %d) at %.2f steps/s",
+        result.steps, result.resumed_from, result.steps_per_s,
+    )
     tail = slice(-SUMMARY_WINDOW, None)
-    summary = {
+    summary = {  # deterministic values only: the summary is part of the stage manifest hash
         "source": "trained",
         "n_images": int(len(image_ids)),
         "n_items": result.n_items,
         "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "steps_per_s": result.steps_per_s,
         "final_loss": float(np.mean(result.history["loss"][tail])),
         "final_probe_loss": float(np.mean(result.history["probe"][tail])),
     }
@@ -110,13 +116,14 @@ def stego_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
     started = time.perf_counter()
     batches = iter_batches(
         shard, stego.inference_resolution, backbone_cfg.batch_size, backbone_cfg.num_workers,
-        stage=STAGE, resample="bilinear",
+        stage=STAGE, resample="bilinear", max_pixels=cfg.source.max_pixels,
     )
     for batch in batches:
         failures.extend(batch.failures)
         if not batch.records:
             continue
-        for record, labels, (height, width) in zip(batch.records, segmenter.predict(batch.pixels), batch.original_sizes):
+        maps = segmenter.predict(batch.pixels)
+        for record, labels, (height, width) in zip(batch.records, maps, batch.original_sizes):
             full_size = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
             storage.write_png(map_url(run, record.image_id), full_size)
             written += 1
