@@ -203,29 +203,51 @@ def synth(
 def show(
     run_dir: Annotated[str, typer.Argument(help="Run directory.")],
     image_id: Annotated[int, typer.Argument(help="Image id (see plan/shards/*.json).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to write (default RUN/show/<id>.png).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG to write (default RUN/show/<id>.png).")] = None,
 ) -> None:
-    """Overlay one image's instance masks, semantic map and panoptic labels into a PNG."""
+    """Draw one image's MaskCut instance masks over it, as a PNG."""
     from u2seg_core.viz import show_image_masks
 
-    target = show_image_masks(RunDir(run_dir), image_id, str(out) if out else None)
+    run_ = RunDir(run_dir)
+    try:
+        target = show_image_masks(run_, image_id, out or run_.url("show", f"{image_id:06d}.png"))
+    except (KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
     console.print(f"wrote {target}")
 
 
 @app.command()
 def evaluate(
     run_dir: Annotated[Optional[str], typer.Option("--run", "-r", help="Run directory: evaluate its merged pseudo-labels.")] = None,
-    pred: Annotated[Optional[Path], typer.Option(help="Prediction folder (synthetic-dataset layout) instead of a run.")] = None,
-    gt: Annotated[Optional[Path], typer.Option(help="Ground-truth folder (synthetic-dataset layout); with --pred.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder for --pred/--gt.")] = None,
+    pred: Annotated[Optional[str], typer.Option(help="Prediction folder with panoptic.json, panoptic/ and optionally instances.json (e.g. RUN/merge).")] = None,
+    gt: Annotated[Optional[str], typer.Option(help="Ground-truth folder in the synthetic-dataset layout (docs/architecture.md).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Report folder for --pred/--gt (default PRED/evaluate).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """PQ / AP / mIoU of a run's pseudo-labels (--run), or of any predictions against ground truth (--pred --gt)."""
     if run_dir and not (pred or gt):
-        stage(StageName("evaluate"), run_dir, None, False, None, None, None, None)
+        stage(StageName("evaluate"), run_dir, config, False, None, None, None, None)
         return
-    if not (pred and gt) or run_dir:
+    if run_dir or not (pred and gt):
         _fail("give either --run RUN_DIR, or both --pred DIR and --gt DIR")
+    from u2seg_core import storage
     from u2seg_core.evaluate.stage import evaluate_predictions
 
-    report = evaluate_predictions(str(pred), str(gt), str(out) if out else None)
-    console.print(report)
+    instances = storage.join(pred, "instances.json")
+    settings = PipelineConfig.load(config).evaluate if config else PipelineConfig().evaluate
+    try:
+        report = evaluate_predictions(
+            storage.join(pred, "panoptic.json"), storage.join(pred, "panoptic"),
+            instances if storage.exists(instances) else None, gt, settings, out or storage.join(pred, "evaluate"),
+        )
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{pred} against {gt}")
+    table.add_column("metric")
+    table.add_column("value")
+    for name, value in report["summary"].items():
+        table.add_row(name, f"{value:.2f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+if __name__ == "__main__":
+    app()

@@ -9,8 +9,6 @@ from u2seg_core import storage
 from u2seg_core.config import SourceConfig
 from u2seg_core.synth import generate_dataset
 
-STAGES = ["plan", "features", "stego"]
-
 pytestmark = pytest.mark.slow
 
 
@@ -29,13 +27,14 @@ def test_pipeline_on_s3_completes_and_resumes_from_s3(tmp_path, s3_bucket, tiny_
     )
     run_dir = f"{s3_bucket}/runs/demo"
 
-    first = pipeline_flow(run_dir=run_dir, config=cfg, stages=STAGES, return_state=True)
+    first = pipeline_flow(run_dir=run_dir, config=cfg, return_state=True)
     assert first.is_completed(), first.message
     assert storage.listdir(f"{run_dir}/features/_shards") == ["shard-00000.json", "shard-00001.json", "shard-00002.json"]
-    assert storage.exists(f"{run_dir}/stego/manifest.json") and storage.exists(f"{run_dir}/run.json")
+    assert storage.exists(f"{run_dir}/merge/panoptic.json") and storage.exists(f"{run_dir}/run.json")
+    assert "PQ" in storage.read_json(f"{run_dir}/evaluate/manifest.json")["summary"]
     records = storage.listdir(f"{run_dir}/.prefect/results")
     assert "features-shard-00001-" in " ".join(records)  # Prefect's result records live in the bucket too
 
-    second = pipeline_flow(run_dir=run_dir, config=cfg, stages=STAGES, return_state=True)
+    second = pipeline_flow(run_dir=run_dir, config=cfg, return_state=True)
     assert second.is_completed()
     assert set(task_states(second.state_details.flow_run_id).values()) == {"Cached"}

@@ -82,9 +82,9 @@ def crf_torch(rgb: Tensor, masks: Tensor, params: CRFConfig = CRFConfig()) -> Te
         torch.cat([xy / params.bilateral_sxy, colour / params.bilateral_srgb], dim=1), groups
     )
 
-    fg = masks.permute(0, 2, 3, 1).reshape(-1, n_masks).cpu().numpy()
-    unary = torch.from_numpy(_unary(fg)).to(device)
-    unary_gap = unary[0] - unary[1]  # (P, R): logit of fg minus logit of bg from the unary alone
+    energies = _unary(np.array([False, True]))  # (2 labels, mask value 0 / 1), as pydensecrf gets them
+    gaps = torch.from_numpy(energies[0] - energies[1]).to(device)
+    unary_gap = gaps[masks.permute(0, 2, 3, 1).reshape(-1, n_masks).long()]  # (P, R): fg logit - bg logit
     q_fg = torch.sigmoid(unary_gap)
     for _ in range(params.iterations):
         gap = unary_gap.clone()

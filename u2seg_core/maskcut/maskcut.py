@@ -56,8 +56,8 @@ def ncut_score(graph: PatchGraph, masks: Tensor) -> Tensor:
     NCut(S, T) = cut(S, T) / vol(S) + cut(S, T) / vol(T), the objective the eigenvector relaxes;
     1 means S is (almost) disconnected from the rest. Empty or full masks score 0.
     """
-    x = masks.to(graph.edges.dtype).unsqueeze(-1)
-    cut = (x * graph.matmul(1.0 - x)).sum(dim=(1, 2)).double()
+    x = masks.double().unsqueeze(-1)
+    cut = (x * graph.matmul(1.0 - x)).sum(dim=(1, 2))
     degrees = graph.degrees(torch.float64)
     vol_s = (degrees * masks).sum(1)
     vol_t = (degrees * ~masks).sum(1)
@@ -85,7 +85,7 @@ def maskcut_batch(
         degenerate = torch.ones(batch, dtype=torch.bool, device=device)
         return MaskCutResult(masks.view(batch, n_masks, h, w), scores, bipartition.view(batch, h, w), degenerate, 0)
 
-    edges = cosine_edges(keys, tau, dtype=settings.dtype)
+    edges = cosine_edges(keys, tau)
     active = torch.ones(batch, n, dtype=torch.bool, device=device)
     previous = torch.zeros(batch, n, dtype=torch.bool, device=device)  # last round's kept mask
     component = torch.zeros(batch, n, dtype=torch.bool, device=device)  # last round's seed component

@@ -12,11 +12,11 @@ Two solvers behind one interface, `solve(graph, method) -> Fiedler`:
   gap to the next Ritz value, Davis-Kahan); images that do not converge within `max_dim` columns
   (e.g. a tie between the two top eigenvalues) are solved again by `dense`.
 
-  The default arithmetic is float64. MaskCut's decisions compare eigenvector entries with each other
-  (the seed is an argmax, the side test compares corners with the mean): on near-complete graphs and
-  on patches with identical neighbourhoods these differ by 1e-5 relative or less, which a float32
-  solve (eigenvector error ~1e-5) gets wrong on a few percent of images. On CPUs float64 costs about
-  2x float32 per step; on H100/H200-class GPUs float64 GEMM runs at the float32 rate.
+  The vectors are float64 (the edge products are exact float32 GEMMs, `exact_edge_product`), and the
+  tolerances are tight: MaskCut's decisions compare eigenvector entries with each other (the seed is
+  an argmax, the side test compares corners with the mean), and on near-complete graphs or patches
+  with identical neighbourhoods these differ by 1e-5 relative or less, which a float32 solve
+  (eigenvector error ~1e-5) got wrong on a few percent of images.
 """
 
 from __future__ import annotations
@@ -61,16 +61,14 @@ class KrylovSettings:
         the eigenvector error).
     check_every: Rayleigh-Ritz / convergence test every this many steps.
     seed: start block seed (fixed: reruns are identical).
-    dtype: arithmetic of the solve (the graph's edges should already be in it: `cosine_edges(dtype=)`).
     """
 
-    block: int = 8
+    block: int = 4
     max_dim: int = 320
     residual_tol: float = 1e-9
     angle_tol: float = 1e-7
-    check_every: int = 2
+    check_every: int = 1
     seed: int = 0
-    dtype: torch.dtype = torch.float64
 
 
 def solve(graph: PatchGraph, method: Method = "fast", settings: KrylovSettings = KrylovSettings()) -> Fiedler:
@@ -129,18 +127,19 @@ def _orthonormalize(block: Tensor, basis: Tensor | None, trivial: Tensor, genera
     return q
 
 
-def _krylov_setup(graph: PatchGraph, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(D^-1/2 as (B, N, 1), the unit trivial eigenvector sqrt(d)/||sqrt(d)|| as (B, N, 1)), in `dtype`."""
+def _krylov_setup(graph: PatchGraph) -> tuple[Tensor, Tensor]:
+    """(D^-1/2 as (B, N, 1), the unit trivial eigenvector sqrt(d)/||sqrt(d)|| as (B, N, 1)), float64."""
     degrees = graph.degrees(torch.float64)
     trivial = degrees.sqrt()
     trivial = trivial / torch.linalg.vector_norm(trivial, dim=1, keepdim=True)
-    return degrees.rsqrt().to(dtype).unsqueeze(-1), trivial.to(dtype).unsqueeze(-1)
+    return degrees.rsqrt().unsqueeze(-1), trivial.unsqueeze(-1)
 
 
 def solve_fast(graph: PatchGraph, settings: KrylovSettings = KrylovSettings()) -> Fiedler:
     """Batched block Krylov solve with a dense fallback (see the module docstring).
 
-    Images leave the batch as soon as they converge, so one hard image does not make the others pay.
+    Converged images stop being multiplied once half or more of the batch has converged (the batch is
+    then cut down, a copy of the edges), so one hard image does not make the others pay.
     """
     batch, n, device = graph.batch, graph.n, graph.edges.device
     block = min(settings.block, n - 1)
@@ -150,14 +149,15 @@ def solve_fast(graph: PatchGraph, settings: KrylovSettings = KrylovSettings()) -
     vectors = torch.zeros(batch, n, dtype=torch.float64, device=device)
     dims = torch.zeros(batch, dtype=torch.int64, device=device)
 
-    live = torch.arange(batch, device=device)
+    live = torch.arange(batch, device=device)  # images of the current sub-batch
+    pending = torch.ones(batch, dtype=torch.bool, device=device)  # ... that have not converged yet
     sub = graph
-    inv_sqrt, trivial = _krylov_setup(sub, settings.dtype)
-    start = torch.randn(batch, n, block, generator=generator, dtype=settings.dtype).to(device)
+    inv_sqrt, trivial = _krylov_setup(sub)
+    start = torch.randn(batch, n, block, generator=generator, dtype=torch.float64).to(device)
     basis = _orthonormalize(start, None, trivial, generator)
     image = inv_sqrt * sub.matmul(inv_sqrt * basis)
     step = 0
-    while len(live):
+    while True:
         step += 1
         dim = basis.shape[-1]
         last = dim + block > max_dim
@@ -168,29 +168,29 @@ def solve_fast(graph: PatchGraph, settings: KrylovSettings = KrylovSettings()) -
             ritz = (basis @ top).squeeze(-1)
             residual = torch.linalg.vector_norm((image @ top).squeeze(-1) - values[:, -1:] * ritz, dim=1)
             gap = values[:, -1] - values[:, -2]
-            ok = (residual <= settings.residual_tol) & (residual <= settings.angle_tol * gap)
+            ok = pending & (residual <= settings.residual_tol) & (residual <= settings.angle_tol * gap)
             done = live[ok]
-            theta[done] = values[ok, -1].double()
-            vectors[done] = (inv_sqrt[ok].squeeze(-1) * ritz[ok]).double()
-            dims[live] = dim
-            if last:
+            theta[done] = values[ok, -1]
+            vectors[done] = inv_sqrt[ok].squeeze(-1) * ritz[ok]
+            dims[live[pending]] = dim
+            pending &= ~ok
+            if last or not bool(pending.any()):
                 break
-            if bool(ok.any()):
-                keep = ~ok
-                live, basis, image = live[keep], basis[keep], image[keep]
+            if 2 * int(pending.sum()) <= len(live):  # shrink the batch (a copy of the edges) only by half or more
+                live, basis, image = live[pending], basis[pending], image[pending]
+                pending = pending[pending]
                 sub = graph.select(live)
-                inv_sqrt, trivial = _krylov_setup(sub, settings.dtype)
-                if not len(live):
-                    break
+                inv_sqrt, trivial = _krylov_setup(sub)
         new = _orthonormalize(image[..., -block:], basis, trivial, generator)
         basis = torch.cat([basis, new], dim=-1)
         image = torch.cat([image, inv_sqrt * sub.matmul(inv_sqrt * new)], dim=-1)
 
-    converged = torch.ones(batch, dtype=torch.bool, device=device)
-    converged[live] = False
-    result = Fiedler(vectors, 1.0 - theta, ~converged, dims)
-    if len(live):
-        fallback = solve_dense(graph, live.tolist())
-        result.vectors[live] = fallback.vectors[live]
-        result.values[live] = fallback.values[live]
+    unsolved = live[pending]
+    dense = torch.zeros(batch, dtype=torch.bool, device=device)
+    dense[unsolved] = True
+    result = Fiedler(vectors, 1.0 - theta, dense, dims)
+    if len(unsolved):
+        fallback = solve_dense(graph, unsolved.tolist())
+        result.vectors[unsolved] = fallback.vectors[unsolved]
+        result.values[unsolved] = fallback.values[unsolved]
     return result

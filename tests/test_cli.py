@@ -1,0 +1,92 @@
+"""The `u2seg` command line: help of every command, status of a run, stage, synth, show, evaluate."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from u2seg_core.pipeline import FAULT_ENV, InjectedFault, run_pipeline_local
+from u2seg_core.rundir import RunDir
+
+WIDE = {"COLUMNS": "220"}
+COMMANDS = ["run", "stage", "features", "status", "synth", "show", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_pipeline_config):
+    run_dir = str(tmp_path_factory.mktemp("cli") / "demo")
+    run_pipeline_local(tiny_pipeline_config, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(app, [command, "--help"] if command else ["--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+    if command is None:
+        assert all(name in result.output for name in COMMANDS)
+
+
+def test_status_shows_done_shards_and_failures(tmp_path, tiny_pipeline_config, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    run_pipeline_local(tiny_pipeline_config, run_dir, stages=["plan"])
+    monkeypatch.setenv(FAULT_ENV, "features:shard-00001")
+    with pytest.raises(InjectedFault):
+        run_pipeline_local(tiny_pipeline_config, run_dir, stages=["features"])
+
+    result = CliRunner().invoke(app, ["status", run_dir, "--shards"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    plan = next(line for line in lines if "│ plan" in line)
+    features = next(line for line in lines if "│ features" in line)
+    assert "complete" in plan and "n_shards=3" in plan and "n_images=6" in plan
+    assert "failed" in features and "1/3" in features
+    assert any("features shard-00001 failed" in line and "injected" in line for line in lines)
+    grid = next(line for line in lines if "│ shard-00001" in line)
+    assert "error" in grid
+    assert "done" in next(line for line in lines if "│ shard-00000" in line)
+
+
+def test_status_of_a_missing_run_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "nope")], env=WIDE)
+    assert result.exit_code == 1 and "not a run directory" in result.output
+
+
+def test_stage_runs_one_stage_through_prefect(finished_run, prefect_api):
+    result = CliRunner().invoke(app, ["stage", "cluster", "--run", finished_run], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert RunDir(finished_run).has_stage("cluster")
+    missing = CliRunner().invoke(app, ["stage", "maskcut", "--run", finished_run + "-missing"], env=WIDE)
+    assert missing.exit_code == 1 and "run.json" in missing.output
+
+
+def test_synth_writes_the_dataset(tmp_path):
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "data"), "--n", "2", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "data" / "images").iterdir()) == ["000001.png", "000002.png"]
+    assert (tmp_path / "data" / "annotations" / "panoptic.json").exists()
+
+
+def test_show_writes_an_overlay(finished_run, tmp_path):
+    out = tmp_path / "shown.png"
+    result = CliRunner().invoke(app, ["show", finished_run, "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"\x89PNG")
+    unknown = CliRunner().invoke(app, ["show", finished_run, "999"])
+    assert unknown.exit_code == 1 and "999" in unknown.output
+
+
+def test_evaluate_predictions_against_ground_truth(finished_run, tmp_path):
+    run = RunDir(finished_run)
+    result = CliRunner().invoke(
+        app, ["evaluate", "--pred", run.url("merge"), "--gt", run.url("synthetic"), "--out", str(tmp_path / "ev")],
+        env=WIDE,
+    )
+    assert result.exit_code == 0, result.output
+    pq = run.stage_manifest("evaluate").summary["PQ"]
+    assert f"{pq:.2f}" in next(line for line in result.output.splitlines() if "│ PQ " in line)
+    assert (tmp_path / "ev" / "report.json").exists()
+    both = CliRunner().invoke(app, ["evaluate", "--pred", run.url("merge")])
+    assert both.exit_code == 1 and "--gt" in both.output
