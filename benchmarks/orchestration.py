@@ -75,7 +75,7 @@ class Sampler:
 
 
 def overhead(work: Path, n_shards: int, per_shard: int, size: int, rounds: int) -> None:
-    from flows.stages import features_flow
+    from flows.stages import STAGE_FLOWS
     from prefect.task_runners import ThreadPoolTaskRunner
 
     write_images(work / "images", n_shards * per_shard, size)
@@ -88,7 +88,7 @@ def overhead(work: Path, n_shards: int, per_shard: int, size: int, rounds: int) 
     with ThreadPoolExecutor(max_workers=1) as pool:  # warm-up: imports, first-call costs
         pool.submit(features_shard, planned, shards[0], cfg).result()
 
-    one_thread = features_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    one_thread = STAGE_FLOWS["features"].with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
     direct, flow, inside, cached = [], [], [], []
     for round_ in range(rounds):  # alternate, best of `rounds`: the machine's load varies over minutes
         direct_run, flow_run = RunDir(str(work / f"direct{round_}")), RunDir(str(work / f"flow{round_}"))
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4, help="(a) shards")
     parser.add_argument("--images-per-shard", type=int, default=256, help="(a) images per shard")
     parser.add_argument("--size", type=int, default=224, help="(a) image side = features resolution (multiple of 8)")
-    parser.add_argument("--rounds", type=int, default=2, help="(a) alternating rounds, best one reported")
+    parser.add_argument("--rounds", type=int, default=1, help="(a) alternating rounds, the best one is reported")
     parser.add_argument("--fanout-shards", type=int, default=2000, help="(b) shards (0 skips it)")
     parser.add_argument("--workers", type=int, default=4, help="(b) thread pool size")
     args = parser.parse_args()

@@ -75,7 +75,10 @@ def _run_flow(run_dir: str, cfg: PipelineConfig, stages: list[str] | None, refre
         console.print(f"[bold red]run failed:[/bold red] {exc}")
         console.print(f"Finished shards are kept: re-run the same command to resume; `u2seg status {run_dir}` lists what failed.")
         raise typer.Exit(1) from exc
-    _print_status(RunDir(run_dir), shards=False)
+    run = RunDir(run_dir)
+    _print_status(run, shards=False)
+    if run.has_stage("evaluate"):
+        console.print(f"report: {run.url('evaluate', 'report.md')}")
 
 
 @app.command()
@@ -148,23 +151,27 @@ def status(
     _print_status(run_, shards)
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _print_status(run: RunDir, shards: bool) -> None:
-    table = Table(title=f"u2seg run {run.root}")
-    for column in ("stage", "state", "shards done", "shard errors", "image failures", "summary"):
-        table.add_column(column)
     report = run_status(run)
+    table = Table(title=f"u2seg run {run.root}")
+    for column in ("stage", "state", "shards done", "shard errors", "image failures"):
+        table.add_column(column)
     for s in report:
         state = "complete" if s.complete else ("failed" if s.errors else ("partial" if s.done else "not run"))
         colour = {"complete": "green", "failed": "red", "partial": "yellow"}.get(state, "dim")
-        summary = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in s.summary.items() if isinstance(v, (int, float, str)) and k != "shard_hashes"
-        )
         table.add_row(
             s.stage, f"[{colour}]{state}[/{colour}]", f"{len(s.done)}/{s.n_shards}" if s.n_shards else "-",
-            str(len(s.errors)), str(len(s.failures)), summary[:120],
+            str(len(s.errors)), str(len(s.failures)),
         )
     console.print(table)
+    for s in report:
+        numbers = [f"{k}={_fmt(v)}" for k, v in s.summary.items() if isinstance(v, (int, float, str))]
+        if numbers:
+            console.print(f"[bold]{s.stage}[/bold]: " + ", ".join(numbers))
     for s in report:
         for shard, message in sorted(s.errors.items()):
             console.print(f"[red]{s.stage} {shard} failed:[/red] {message}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
@@ -56,8 +56,8 @@ def run_stage(stage: str, run_dir: str, cfg: PipelineConfig, refresh: bool = Fal
 
     manifest = stage_run.finish(results, before or after)
     logger.info(
-        "%s done: %d shards, %d images, %d per-image failures", stage,
-        len(manifest.shards), manifest.summary.get("n_images", 0), len(manifest.failures),
+        "%s done: %s shards, %s images, %d per-image failures", stage,
+        manifest.summary.get("n_shards", "-"), manifest.summary.get("n_images", "-"), len(manifest.failures),
     )
     return manifest
 
@@ -114,49 +114,27 @@ def _stage_run_name() -> str:
     return f"{flow_run.flow_name}-{run_name}"
 
 
-def _stage_flow(name: str, description: str):
+def _stage_flow(stage: str, description: str) -> Flow[..., StageManifest]:
+    """The flow of one stage (named after it in the UI); a bounded thread pool unless given another runner."""
+
+    def stage_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
+        return run_stage(stage, run_dir, config, refresh)
+
     return flow(
-        name=name, description=description, flow_run_name=_stage_run_name,
+        stage_flow, name=stage, description=description, flow_run_name=_stage_run_name,
         task_runner=ThreadPoolTaskRunner(max_workers=OrchestrationConfig().max_workers),
     )
 
 
-@_stage_flow("plan", "Fix the image shards (synthesises the built-in dataset when there is no source).")
-def plan_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("plan", run_dir, config, refresh)
-
-
-@_stage_flow("features", "Patch tokens and pooled features per shard into zarr (GPU).")
-def features_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("features", run_dir, config, refresh)
-
-
-@_stage_flow("maskcut", "MaskCut instance masks and mask embeddings per shard (GPU).")
-def maskcut_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("maskcut", run_dir, config, refresh)
-
-
-@_stage_flow("cluster", "Global K-means of the mask embeddings, then cluster ids per shard.")
-def cluster_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("cluster", run_dir, config, refresh)
-
-
-@_stage_flow("stego", "Train the STEGO head on the stored features, then semantic maps per shard (GPU).")
-def stego_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("stego", run_dir, config, refresh)
-
-
-@_stage_flow("merge", "Panoptic pseudo-labels per shard, then the COCO panoptic and instance JSON files.")
-def merge_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("merge", run_dir, config, refresh)
-
-
-@_stage_flow("evaluate", "PQ / AP / mIoU of the pseudo-labels against the ground truth.")
-def evaluate_flow(run_dir: str, config: PipelineConfig, refresh: bool = False) -> StageManifest:
-    return run_stage("evaluate", run_dir, config, refresh)
-
-
 STAGE_FLOWS = {
-    "plan": plan_flow, "features": features_flow, "maskcut": maskcut_flow, "cluster": cluster_flow,
-    "stego": stego_flow, "merge": merge_flow, "evaluate": evaluate_flow,
+    stage: _stage_flow(stage, description)
+    for stage, description in {
+        "plan": "Fix the image shards (synthesises the built-in dataset when there is no source).",
+        "features": "Patch tokens and pooled features per shard into zarr (GPU).",
+        "maskcut": "MaskCut instance masks and mask embeddings per shard (GPU).",
+        "cluster": "Global K-means of the mask embeddings, then cluster ids per shard.",
+        "stego": "Train the STEGO head on the stored features, then semantic maps per shard (GPU).",
+        "merge": "Panoptic pseudo-labels per shard, then the COCO panoptic and instance JSON files.",
+        "evaluate": "PQ / AP / mIoU of the pseudo-labels against the ground truth.",
+    }.items()
 }

@@ -11,7 +11,7 @@ from u2seg_core.pipeline import STAGES, run_global_step
 from u2seg_core.rundir import RunDir
 
 from .caching import global_task_cache_key
-from .retry import retry_transient
+from .options import TASK_DEFAULTS
 
 
 def _task_run_name() -> str:
@@ -24,10 +24,7 @@ def _task_run_name() -> str:
     name="global-step",
     task_run_name=_task_run_name,
     cache_key_fn=global_task_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    cache_result_in_memory=False,
-    retry_condition_fn=retry_transient,
+    **TASK_DEFAULTS,
 )
 def run_global_task(stage: str, run_root: str, cfg: PipelineConfig, key: str, force: bool = False) -> GlobalResult:
     """Run `stage`'s global step (skipped when `RUN/<stage>/_global.json` already has `key`)."""

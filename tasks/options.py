@@ -11,6 +11,16 @@ from u2seg_core.pipeline import StageSpec
 from u2seg_core.rundir import RunDir
 
 from .caching import result_storage_for
+from .retry import retry_transient
+
+# Decorator defaults of every stage task: small JSON result records persisted under the run directory (so a new
+# flow run finds them), not kept in memory, retried only for transient I/O errors.
+TASK_DEFAULTS: dict[str, Any] = {
+    "persist_result": True,
+    "result_serializer": "json",
+    "cache_result_in_memory": False,
+    "retry_condition_fn": retry_transient,
+}
 
 
 def stage_task_options(spec: StageSpec, run: RunDir, orch: OrchestrationConfig, force: bool) -> dict[str, Any]:

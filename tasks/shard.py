@@ -11,7 +11,7 @@ from u2seg_core.pipeline import STAGES, ShardRef, run_shard_step
 from u2seg_core.rundir import RunDir
 
 from .caching import shard_task_cache_key
-from .retry import retry_transient
+from .options import TASK_DEFAULTS
 
 
 def _task_run_name() -> str:
@@ -23,10 +23,7 @@ def _task_run_name() -> str:
     name="shard-step",
     task_run_name=_task_run_name,
     cache_key_fn=shard_task_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    cache_result_in_memory=False,
-    retry_condition_fn=retry_transient,
+    **TASK_DEFAULTS,
 )
 def run_shard_task(
     stage: str, run_root: str, shard_index: int, shard_hash: str, cfg: PipelineConfig, key: str, force: bool = False

@@ -10,6 +10,7 @@ import torch
 from u2seg_core.backbone import build_backbone
 from u2seg_core.config import BackboneConfig
 from u2seg_core.maskcut import PatchGraph, cosine_edges, maskcut_batch, maskcut_reference, solve
+from u2seg_core.maskcut.affinity import exact_edge_product
 from u2seg_core.synth.scene import render_scene
 
 
@@ -30,7 +31,8 @@ def blob_keys(n: int, grid: int, seed: int, channels: int = 32) -> torch.Tensor:
     out = []
     for _ in range(n):
         f = torch.randn(channels, 1, 1, generator=gen) * float(torch.rand(1, generator=gen))
-        f = f + torch.randn(channels, 1, 1, generator=gen) * (xx - 0.5) + torch.randn(channels, 1, 1, generator=gen) * (yy - 0.5)
+        f = f + torch.randn(channels, 1, 1, generator=gen) * (xx - 0.5)
+        f = f + torch.randn(channels, 1, 1, generator=gen) * (yy - 0.5)
         for _ in range(int(torch.randint(1, 5, (1,), generator=gen))):
             cy, cx = torch.rand(2, generator=gen)
             radius = 0.08 + 0.2 * float(torch.rand(1, generator=gen))
@@ -46,6 +48,32 @@ def random_graph(n_images: int = 3, grid: int = 12, seed: int = 0, zero_is_edge:
     keys = blob_keys(n_images, grid, seed)
     active = torch.rand(n_images, grid * grid, generator=gen) > 0.3
     return PatchGraph(cosine_edges(keys, 0.15), active, 1e-5, zero_is_edge)
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+def test_edge_product_is_float64_accurate_in_float32_gemm(precision):
+    gen = torch.Generator().manual_seed(0)
+    edges = (torch.rand(2, 3600, 3600, generator=gen) > 0.3).float()
+    x = torch.randn(2, 3600, 3, generator=gen, dtype=torch.float64)
+    x[:, :, 1] *= torch.logspace(-12, 0, 3600, dtype=torch.float64)  # a wide dynamic range
+    expected = torch.bmm(edges.double(), x)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        got = exact_edge_product(edges, x)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    error = (got - expected).abs() / expected.abs().amax(dim=1, keepdim=True)
+    assert float(error.max()) < 1e-10
+
+
+def test_cosine_edges_equal_the_thresholded_gram_matrix():
+    keys = torch.randn(2, 16, 9, 11)
+    keys[0, :, 0, 0] = 0.0  # a zero key: cosine 0 with everything
+    feats = torch.nn.functional.normalize(keys.flatten(2), dim=1)
+    expected = (feats.transpose(1, 2) @ feats > 0.15).float()
+    assert torch.equal(cosine_edges(keys, 0.15), expected)
+    assert torch.equal(cosine_edges(keys, -0.5)[0, 0], torch.ones(99))  # 0 > -0.5: the zero key links everyone
 
 
 @pytest.mark.parametrize("zero_is_edge", [False, True])

@@ -43,12 +43,12 @@ def _records(folder: Path) -> list[ImageRecord]:
     return [ImageRecord(image_id=i + 1, file_name=n, url=str(folder / n)) for i, n in enumerate(names)]
 
 
-@pytest.mark.parametrize("embedding", ["pooled", "cls_crop"])
-def test_stage_writes_coco_instances_and_embeddings(tmp_path, planned_run, embedding):
+@pytest.mark.parametrize(("embedding", "crf"), [("pooled", "pydensecrf"), ("cls_crop", "torch")])
+def test_stage_writes_coco_instances_and_embeddings(tmp_path, planned_run, embedding, crf):
     records = _records(tmp_path / "images")
     run = planned_run([records])
     shard = run.shards()[0]
-    result = maskcut_shard(run, shard, _config(embedding=embedding))
+    result = maskcut_shard(run, shard, _config(embedding=embedding, crf=crf))
 
     assert [f.file_name for f in result.failures] == ["broken.png"]
     assert result.n_images == 5 and result.n_failed == 1
@@ -79,7 +79,7 @@ def test_stage_writes_coco_instances_and_embeddings(tmp_path, planned_run, embed
     assert embeddings.shape[0] == len(annotations) and np.isfinite(embeddings).all()
     assert np.abs(embeddings).sum(axis=1).min() > 0
 
-    again = maskcut_shard(run, shard, _config(embedding=embedding))
+    again = maskcut_shard(run, shard, _config(embedding=embedding, crf=crf))
     assert storage.read_json(run.url(again.outputs["instances"])) == doc
     assert again.hash == result.hash
 

@@ -92,9 +92,11 @@ class MaskCutConfig(StrictModel):
     resolution: int = Field(480, ge=16, description="square input side (aspect ratio not kept)")
     tau: float = 0.15
     eps: float = 1e-5
-    n_masks: int = Field(3, ge=1)
+    n_masks: int = Field(3, ge=1, le=99, description="maximum masks per image (annotation id = image_id * 100 + round)")
     solver: Literal["dense", "fast"] = "fast"
-    crf: Literal["pydensecrf", "torch", "none"] = "torch"
+    crf: Literal["auto", "torch", "pydensecrf", "none"] = Field(
+        "auto", description="auto = torch mean-field on CUDA, pydensecrf on CPU (both validated equal)"
+    )
     crf_params: CRFConfig = CRFConfig()
     min_crf_iou: float = Field(0.5, description="drop a mask if IoU(before CRF, after CRF) < this")
     embedding: Literal["cls_crop", "pooled"] = "cls_crop"

@@ -36,7 +36,9 @@ def colorize(label_map: np.ndarray) -> np.ndarray:
     return table[inverse.reshape(label_map.shape)]
 
 
-def _draw(rgb: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]], labels: list[str] | None) -> np.ndarray:
+def _draw(
+    rgb: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]], labels: list[str] | None
+) -> np.ndarray:
     """Blend each (H, W) bool mask in its colour, outline it, and write its label at its top-left corner."""
     out = rgb.astype(np.float32).copy()
     height, width = rgb.shape[:2]
@@ -95,7 +97,7 @@ def show_image_masks(run: RunDir, image_id: int, out_png: str, max_side: int | N
 
     Labels read "<round>: <score>". Images larger than `max_side` are shown downscaled.
     """
-    from .maskcut.stage import instances_path
+    from .maskcut.stage import MAX_MASKS_PER_IMAGE, instances_path
 
     for shard in run.shards():
         record = next((r for r in shard.images if r.image_id == image_id), None)
@@ -111,12 +113,13 @@ def show_image_masks(run: RunDir, image_id: int, out_png: str, max_side: int | N
         raise KeyError(f"image_id {image_id} has no MaskCut result in {url} (it failed: see the stage's failures)")
     annotations = [a for a in instances["annotations"] if a["image_id"] == image_id]
     rgb = load_rgb(record.url)
-    masks = np.stack([decode_rle(a["segmentation"]) for a in annotations]) if annotations else np.zeros((0, *rgb.shape[:2]), bool)
-    labels = [f"{a['id'] % 100}: {a['score']:.2f}" for a in annotations]
+    masks = [decode_rle(a["segmentation"]) for a in annotations]
+    labels = [f"{a['id'] % MAX_MASKS_PER_IMAGE}: {a['score']:.2f}" for a in annotations]
     scale = max(rgb.shape[:2]) / max_side if max_side else 1.0
     if scale > 1.0:
         size = (round(rgb.shape[1] / scale), round(rgb.shape[0] / scale))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-        masks = np.stack([np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]) if len(masks) else np.zeros((0, size[1], size[0]), bool)
+        masks = [np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]
+    masks = np.stack(masks) if masks else np.zeros((0, *rgb.shape[:2]), bool)
     storage.write_png(out_png, overlay_instances(rgb, masks, labels))
     return out_png

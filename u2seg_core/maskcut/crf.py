@@ -48,7 +48,7 @@ def crf_reference(rgb: np.ndarray, mask: np.ndarray, params: CRFConfig = CRFConf
     return q[1] > q[0]
 
 
-class _NormalisedKernel:
+class NormalisedKernel:
     """A symmetric-normalised lattice filter: x -> n * K(n * x) with n = 1 / sqrt(K(1))."""
 
     def __init__(self, features: Tensor, groups: Tensor):
@@ -77,8 +77,8 @@ def crf_torch(rgb: Tensor, masks: Tensor, params: CRFConfig = CRFConfig()) -> Te
     xy = torch.stack([cols.flatten(), rows.flatten()], dim=1).repeat(batch, 1)  # (B*H*W, 2)
     colour = rgb.to(device).permute(0, 2, 3, 1).reshape(-1, 3).float()
     groups = torch.arange(batch, device=device).repeat_interleave(height * width)
-    gaussian = _NormalisedKernel(xy / params.gaussian_sxy, groups)
-    bilateral = _NormalisedKernel(
+    gaussian = NormalisedKernel(xy / params.gaussian_sxy, groups)
+    bilateral = NormalisedKernel(
         torch.cat([xy / params.bilateral_sxy, colour / params.bilateral_srgb], dim=1), groups
     )
 

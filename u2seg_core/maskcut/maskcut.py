@@ -105,7 +105,6 @@ def maskcut_batch(
             solved = seed_component(foreground.view(-1, h, w), seed).view(-1, n)
             if round_index == 0:
                 bipartition[todo] = foreground
-            component = component.clone()
             component[todo] = solved
         component = component & ~constant.unsqueeze(1)
         if round_index >= 1:
@@ -121,7 +120,8 @@ def maskcut_batch(
         active = active & ~kept
         repeat = dropped & component.any(1)
         previous = kept
-    return MaskCutResult(masks.view(batch, n_masks, h, w), scores, bipartition.view(batch, h, w), degenerate, dense_solves)
+    masks = masks.view(batch, n_masks, h, w)
+    return MaskCutResult(masks, scores, bipartition.view(batch, h, w), degenerate, dense_solves)
 
 
 def maskcut_reference(keys: np.ndarray, tau: float = 0.15, eps: float = 1e-5, n_masks: int = 3) -> np.ndarray:
@@ -129,7 +129,7 @@ def maskcut_reference(keys: np.ndarray, tau: float = 0.15, eps: float = 1e-5, n_
 
     Follows `maskcut_forward` step by step (features zeroed and the affinity rebuilt every round, the
     same problem re-solved after a dropped round); the only additions are the eigenvector's sign
-orientation (bipartition.py) and the constant-affinity rule.
+    orientation and the tie rule of the argmaxes (bipartition.py), and the constant-affinity rule.
     """
     c, h, w = keys.shape
     feats = keys.reshape(c, h * w).astype(np.float32)

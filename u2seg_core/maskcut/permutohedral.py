@@ -37,7 +37,8 @@ class PermutohedralLattice:
         self.points = points
 
         inv_std = math.sqrt(2.0 / 3.0) * (d + 1)
-        scale = inv_std / torch.sqrt(torch.arange(1, d + 1, device=device, dtype=torch.float32) * torch.arange(2, d + 2, device=device, dtype=torch.float32))
+        i = torch.arange(1, d + 1, device=device, dtype=torch.float32)
+        scale = inv_std / torch.sqrt(i * (i + 1))
         scaled = features.float() * scale  # cf_j for j = 0..d-1
         # elevated[j] = sum_{i >= j} cf_i - j * cf_{j-1} (elevated[0] = sum of all cf)
         suffix = torch.flip(torch.cumsum(torch.flip(scaled, [1]), 1), [1])  # suffix[j] = sum_{i >= j} cf_i

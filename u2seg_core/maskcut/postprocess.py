@@ -25,19 +25,26 @@ def upsample_masks(masks: Tensor, size: int) -> Tensor:
 
 
 def run_crf(pixels: Tensor, masks: Tensor, cfg: MaskCutConfig) -> Tensor:
-    """Refine (B, R, S, S) bool masks on their (B, 3, S, S) uint8 images with `cfg.crf`."""
-    if cfg.crf == "none":
+    """Refine (B, R, S, S) bool masks on their (B, 3, S, S) uint8 images with `cfg.crf`.
+
+    "auto" is the torch mean-field on CUDA and pydensecrf on the CPU, where its C++ lattice is faster
+    than torch's scatter/gather.
+    """
+    method = cfg.crf
+    if method == "auto":
+        method = "torch" if masks.device.type == "cuda" else "pydensecrf"
+    if method == "none":
         return masks
-    if cfg.crf == "torch":
+    if method == "torch":
         return crf_torch(pixels.to(masks.device), masks, cfg.crf_params)
-    if cfg.crf == "pydensecrf":
+    if method == "pydensecrf":
         rgb = pixels.permute(0, 2, 3, 1).cpu().numpy()
         host = masks.cpu().numpy()
         refined = np.zeros_like(host)
         for b, r in zip(*np.nonzero(host.any(axis=(2, 3)))):
             refined[b, r] = crf_reference(rgb[b], host[b, r], cfg.crf_params)
         return torch.from_numpy(refined).to(masks.device)
-    raise ValueError(f"unknown crf {cfg.crf!r}; use 'torch', 'pydensecrf' or 'none'")
+    raise ValueError(f"unknown crf {cfg.crf!r}; use 'auto', 'torch', 'pydensecrf' or 'none'")
 
 
 def refine_masks(pixels: Tensor, masks: Tensor, cfg: MaskCutConfig) -> tuple[Tensor, Tensor]:

@@ -101,7 +101,8 @@ def solve_dense(graph: PatchGraph, images: list[int] | None = None) -> Fiedler:
         values[index] = lam
         chosen[index] = True
     device = graph.edges.device
-    return Fiedler(vectors.to(device), values.to(device), chosen.to(device), torch.zeros_like(chosen, dtype=torch.int64).to(device))
+    dims = torch.zeros(batch, dtype=torch.int64, device=device)
+    return Fiedler(vectors.to(device), values.to(device), chosen.to(device), dims)
 
 
 def _orthonormalize(block: Tensor, basis: Tensor | None, trivial: Tensor, generator: torch.Generator) -> Tensor:

@@ -40,7 +40,7 @@ from .postprocess import refine_masks, resize_to_original
 STAGE = "maskcut"
 GROUP = "maskcut"
 CATEGORIES = [{"id": 1, "name": "fg", "supercategory": "fg"}]
-MAX_MASKS_PER_IMAGE = 100  # annotation ids are image_id * 100 + round
+MAX_MASKS_PER_IMAGE = 100  # annotation ids are image_id * 100 + round (config: n_masks <= 99)
 
 
 def instances_path(shard: str) -> str:
@@ -68,8 +68,6 @@ class _Accumulator:
 def maskcut_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> ShardResult:
     """Run MaskCut on one shard and write its instances JSON and embeddings (see the module docstring)."""
     mc = cfg.maskcut
-    if mc.n_masks >= MAX_MASKS_PER_IMAGE:
-        raise ValueError(f"maskcut.n_masks={mc.n_masks}: at most {MAX_MASKS_PER_IMAGE - 1} (annotation ids)")
     backbone = build_backbone(mc.backbone)
     acc = _Accumulator()
     start = time.perf_counter()
@@ -87,7 +85,8 @@ def maskcut_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Sha
     embeddings = np.concatenate(acc.embeddings) if acc.embeddings else np.zeros((0, dim), np.float32)
     ann_ids = np.array([a["id"] for a in acc.annotations], dtype=np.int64)
     description = f"u2seg MaskCut pseudo-masks ({shard.name}, tau {mc.tau}, N {mc.n_masks}, {mc.backbone.arch})"
-    storage.write_json(run.url(instances_path(shard.name)), dataset_json(acc.images, acc.annotations, CATEGORIES, description))
+    document = dataset_json(acc.images, acc.annotations, CATEGORIES, description)
+    storage.write_json(run.url(instances_path(shard.name)), document)
     attrs = {
         "backbone": mc.backbone.arch,
         "weights": mc.backbone.weights,

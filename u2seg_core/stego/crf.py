@@ -20,7 +20,7 @@ from pydensecrf.utils import unary_from_softmax
 from torch import Tensor
 
 from ..config import CRFConfig
-from ..maskcut.crf import PROBABILITY_FLOOR, _NormalisedKernel
+from ..maskcut.crf import PROBABILITY_FLOOR, NormalisedKernel
 
 
 def dense_crf(image: np.ndarray, log_probs: np.ndarray, params: CRFConfig) -> np.ndarray:
@@ -58,8 +58,8 @@ def dense_crf_torch(images: Tensor, log_probs: Tensor, params: CRFConfig) -> Ten
     bgr = images.to(device).flip(1).permute(0, 2, 3, 1).reshape(-1, 3).float()
     groups = torch.arange(batch, device=device).repeat_interleave(height * width)
     kernels = (
-        (_NormalisedKernel(xy / params.gaussian_sxy, groups), params.gaussian_compat),
-        (_NormalisedKernel(torch.cat([xy / params.bilateral_sxy, bgr / params.bilateral_srgb], 1), groups),
+        (NormalisedKernel(xy / params.gaussian_sxy, groups), params.gaussian_compat),
+        (NormalisedKernel(torch.cat([xy / params.bilateral_sxy, bgr / params.bilateral_srgb], 1), groups),
          params.bilateral_compat),
     )
     probs = torch.softmax(log_probs.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, n_classes)
