@@ -20,7 +20,7 @@ from tasks.global_step import run_global_task
 from tasks.options import stage_task_options
 from tasks.shard import run_shard_task
 from u2seg_core.config import OrchestrationConfig, PipelineConfig
-from u2seg_core.manifest import GlobalResult, ShardResult, StageManifest
+from u2seg_core.manifest import ShardResult, StageManifest
 from u2seg_core.pipeline import STAGES, ShardRef, StageRun
 from u2seg_core.rundir import RunDir
 

@@ -86,9 +86,6 @@ def test_config_change_recomputes_that_stage_and_its_downstream_only(
     assert shard_states(states, "cluster") == shard_states(states, "merge") == ["Completed"] * 3
     assert RunDir(run_dir).stage_manifest("maskcut").config["backbone"]["batch_size"] == 3
 
-    again = pipeline_flow(run_dir=run_dir, config=changed, return_state=True)
-    assert set(task_states(again.state_details.flow_run_id).values()) == {"Cached"}
-
 
 def test_refresh_forces_one_stage(resumed_run, tiny_pipeline_config, task_states):
     state = pipeline_flow(

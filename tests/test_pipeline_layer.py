@@ -11,12 +11,14 @@ from PIL import Image
 
 from u2seg_core import storage
 from u2seg_core.config import PipelineConfig, SourceConfig
+from u2seg_core.manifest import ShardResult
 from u2seg_core.pipeline import (
     FAULT_ENV,
     STAGES,
     InjectedFault,
     ShardFailedError,
     ShardRef,
+    StageRun,
     global_cache_key,
     run_pipeline_local,
     run_status,
@@ -140,3 +142,10 @@ def test_unknown_stage_and_missing_upstream_are_clear_errors(tmp_path, tiny_pipe
     with pytest.raises(FileNotFoundError, match="u2seg stage plan"):
         run_pipeline_local(tiny_pipeline_config, str(tmp_path / "run"), stages=["features"])
     assert not os.path.exists(tmp_path / "run" / "features" / "manifest.json")
+
+
+def test_global_key_ignores_the_order_shards_finished_in():
+    stage = StageRun(STAGES["merge"], RunDir("unused"), PipelineConfig.demo(), {"cluster": "c"})
+    first = ShardResult(stage="merge", shard="shard-00000", n_images=1)
+    second = ShardResult(stage="merge", shard="shard-00001", n_images=2)
+    assert stage.global_key([first, second]) == stage.global_key([second, first]) != stage.global_key([first])

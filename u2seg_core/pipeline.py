@@ -333,7 +333,10 @@ class StageRun:
         return self.spec.global_step is not None and not self.spec.global_first
 
     def global_key(self, shard_results: Iterable[ShardResult] = ()) -> str:
-        return global_cache_key(self.spec, self.cfg, self.upstream, [r.hash for r in shard_results])
+        """Key of the global step; one that runs after the shards keys on their results in shard order
+        (not in the order they finished)."""
+        ordered = sorted(shard_results, key=lambda r: r.shard)
+        return global_cache_key(self.spec, self.cfg, self.upstream, [r.hash for r in ordered])
 
     def shard_keys(self, before: GlobalResult | None = None) -> list[tuple[ShardRef, str]]:
         if self.spec.shard_step is None:
