@@ -31,5 +31,5 @@ def stage_task_options(spec: StageSpec, run: RunDir, orch: OrchestrationConfig, 
         "retries": orch.retries,
         "retry_delay_seconds": exponential_backoff(orch.retry_delay_seconds),
         "retry_jitter_factor": 0.5,
-        "tags": {spec.name, "gpu"} if spec.gpu else {spec.name},
+        "tags": ({spec.name, "gpu"} if spec.gpu else {spec.name}) if orch.concurrency_tags else set(),
     }

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import zarr
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
+from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 
 from flows.pipeline import pipeline_flow
 from u2seg_core.pipeline import FAULT_ENV, run_pipeline_local
@@ -17,7 +17,8 @@ from u2seg_core.rundir import RunDir
 pytestmark = pytest.mark.slow
 
 
-def on_dask(cfg, address: str):
+def on_dask(cfg, address: str | None = None):
+    """`cfg` on Dask: the scheduler at `address`, else a local cluster of `max_workers` processes (deploy/local_cpu)."""
     return cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(
         update={"runner": "dask", "dask_address": address})})
 
@@ -25,14 +26,13 @@ def on_dask(cfg, address: str):
 def test_killed_worker_loses_nothing_on_rerun(tmp_path, tiny_pipeline_config, prefect_api, run_outputs, monkeypatch):
     guard = tmp_path / "killed-once"
     monkeypatch.setenv(FAULT_ENV, f"features:shard-00001:exit:{guard}")  # inherited by the worker processes
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        monkeypatch.delenv(FAULT_ENV)
-        cfg = on_dask(tiny_pipeline_config, cluster.scheduler_address)
-        run_dir = str(tmp_path / "run")
-        pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
-        assert guard.exists()  # a worker process really died inside features shard-00001
-        rerun = pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
-        assert rerun.is_completed(), rerun.message
+    cfg = on_dask(tiny_pipeline_config)  # each flow run starts a LocalCluster of 2 worker processes
+    run_dir = str(tmp_path / "run")
+    pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
+    assert guard.exists()  # a worker process really died inside features shard-00001
+    rerun = pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
+    assert rerun.is_completed(), rerun.message
+    monkeypatch.delenv(FAULT_ENV)
 
     run = RunDir(run_dir)
     markers = sorted(os.listdir(run.url("features", "_shards")))

@@ -210,6 +210,11 @@ class OrchestrationConfig(StrictModel):
     max_shards_per_flow: int = Field(
         2000, ge=1, description="more shards (= task runs in one stage flow run) is an error: raise shard_size"
     )
+    concurrency_tags: bool = Field(
+        False,
+        description="tag task runs with their stage (and 'gpu' for GPU stages) so Prefect tag concurrency limits "
+        "apply across flow runs; costs two API calls per task run",
+    )
 
 
 class PipelineConfig(StrictModel):
