@@ -37,7 +37,8 @@ from PIL import Image
 from u2seg_core import storage
 from u2seg_core.config import PipelineConfig, SourceConfig
 from u2seg_core.manifest import ImageRecord, ShardManifest, ShardResult, StageManifest
-from u2seg_core.pipeline import STAGES, StageSpec, run_stage_local
+from u2seg_core.local_runner import run_stage_local
+from u2seg_core.registry import STAGES, StageSpec
 from u2seg_core.rundir import RunDir
 
 

@@ -15,17 +15,33 @@ def artifact_key(run: RunDir, *parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join([name, *parts]).lower()).strip("-")[:100]
 
 
+def typed(value: Any) -> Any:
+    """A table cell: whole numbers as int, other floats to 4 significant digits (counts arrive as floats)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else float(f"{value:.4g}")
+    return value
+
+
+MAX_FAILURES_IN_ROW = 5
+
+
 def shard_row(result: ShardResult, state: str) -> dict[str, Any]:
-    """One row of a stage's shard table: state, counts, seconds, failures."""
+    """One row of a stage's shard table: state, counts, seconds, failures (the first few, and how many more)."""
+    failures = "; ".join(f"{f.image_id}: {f.reason}" for f in result.failures[:MAX_FAILURES_IN_ROW])
+    if len(result.failures) > MAX_FAILURES_IN_ROW:
+        failures += f"; ... and {len(result.failures) - MAX_FAILURES_IN_ROW} more"
     return {
         "shard": result.shard, "state": state, "images": result.n_images, "failed": result.n_failed,
-        "seconds": round(result.seconds, 2), **result.counts,
-        "failures": "; ".join(f"{f.image_id}: {f.reason}" for f in result.failures[:5]),
+        "seconds": round(result.seconds, 2), **{name: typed(value) for name, value in result.counts.items()},
+        "failures": failures,
     }
 
 
 def failed_row(shard: str, message: str) -> dict[str, Any]:
     return {"shard": shard, "state": "Failed", "images": 0, "failed": 0, "seconds": 0.0, "failures": message[:300]}
+
+
+MAX_FAILURES_LISTED = 50
 
 
 def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
@@ -57,5 +73,7 @@ def summary_markdown(run: RunDir, manifests: dict[str, StageManifest], failed: s
     failures = [f for m in manifests.values() for f in m.failures]
     if failures:
         lines += ["", f"## Per-image failures ({len(failures)})", ""]
-        lines += [f"- {f.stage} image {f.image_id} `{f.file_name}`: {f.reason}" for f in failures[:50]]
+        lines += [f"- {f.stage} image {f.image_id} `{f.file_name}`: {f.reason}" for f in failures[:MAX_FAILURES_LISTED]]
+        if len(failures) > MAX_FAILURES_LISTED:
+            lines.append(f"- ... and {len(failures) - MAX_FAILURES_LISTED} more (see each stage's manifest.json)")
     return "\n".join(lines) + "\n"

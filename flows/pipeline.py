@@ -9,11 +9,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from u2seg_core import storage
 from u2seg_core.config import PipelineConfig
 from u2seg_core.manifest import StageManifest
-from u2seg_core.pipeline import load_run_config, select_stages, update_run_manifest
+from u2seg_core.registry import STAGES, select_stages
+from u2seg_core.stage_run import load_run_config, update_run_manifest
+from u2seg_core.status import run_status
 from u2seg_core.rundir import RunDir
 
 from .artifacts import artifact_key, summary_markdown
@@ -48,18 +51,33 @@ def pipeline_flow(
     """
     run, logger = RunDir(run_dir), get_run_logger()
     cfg = resolve_config(run, config)
-    names, forced = select_stages(stages), set(select_stages(refresh or []))
+    storage.configure(cfg.storage.fsspec_options())
+    names, forced = select_stages(stages, cfg), set(select_stages(refresh or []))
     update_run_manifest(run, cfg)
     manifests: dict[str, StageManifest] = {}
+    states: dict[str, State] = {}
+
     failed = None
     try:
         with shared_cluster(cfg.orchestration) as orch:
             stage_cfg = cfg.model_copy(update={"orchestration": orch})
             for name in names:
-                logger.info("stage %s (%s)", name, "refresh" if name in forced else "cached shards are reused")
+                if name in forced:
+                    logger.info("stage %s: --refresh, every shard recomputes", name)
                 stage_flow = STAGE_FLOWS[name].with_options(task_runner=task_runner_for(orch))
-                manifests[name] = stage_flow(run_dir=run.root, config=stage_cfg, refresh=name in forced)
+                # wait_for: the run graph draws an edge from each upstream stage that ran in this flow run
+                upstream = [states[up] for up in STAGES[name].upstream if up in states]
+                state = stage_flow(
+                    run_dir=run.root, config_json=stage_cfg.model_dump_json(), refresh=name in forced,
+                    wait_for=upstream, return_state=True,
+                )
+                manifests[name] = state.result()
+                states[name] = state
                 update_run_manifest(run, cfg, {name: manifests[name]})
+            for status in run_status(run, cfg):
+                if status.state == "stale" and status.stage not in names:
+                    logger.warning("stage %s is now stale (%s): run `u2seg stage %s`", status.stage, status.stale,
+                                   status.stage)
     except Exception as exc:
         failed = f"{type(exc).__name__}: {str(exc)[:2000]}"
         raise

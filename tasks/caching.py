@@ -6,7 +6,7 @@ Prefect's result records live under the run directory, `RUN/.prefect/results/<ca
   as `remote-file-system/u2seg-results-<hash of the URL>` (Prefect only accepts saved blocks as task storage),
   so every Dask worker writes to and reads from the same bucket.
 
-The cache key is `u2seg_core.pipeline`'s content key (computed once per shard in the flow and passed in as the
+The cache key is `u2seg_core.cache_keys`' content key (computed once per shard in the flow and passed in as the
 `key` parameter; no flow-run id, so a new flow run re-uses finished shards). A record only counts while the
 shard's done-marker carries the same key and its outputs exist; otherwise the stale record is deleted before
 the key is returned, so Prefect runs the task instead of reporting "Cached".
@@ -14,6 +14,7 @@ the key is returned, so Prefect runs the task instead of reporting "Cached".
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import RemoteFileSystem
 
 from u2seg_core import storage
+from u2seg_core.config import StorageConfig
 from u2seg_core.manifest import shard_name
-from u2seg_core.pipeline import completed_global, completed_shard
+from u2seg_core.registry import STAGES
+from u2seg_core.steps import completed_global, completed_shard
 from u2seg_core.rundir import RunDir
 
 
@@ -40,15 +43,21 @@ def result_storage_for(run: RunDir) -> Path | RemoteFileSystem:
     return block
 
 
+def _prepare(params: dict[str, Any]) -> tuple[dict[str, Any], RunDir, str]:
+    storage_cfg = StorageConfig.model_validate(json.loads(params["config"])["storage"])
+    storage.configure(storage_cfg.fsspec_options())  # the marker may be on S3: this worker needs the options
+    return params, RunDir(params["run_root"]), params["key"]
+
+
 def shard_task_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    run, key = RunDir(parameters["run_root"]), parameters["key"]
-    if completed_shard(run, parameters["stage"], shard_name(parameters["shard_index"]), key) is None:
+    params, run, key = _prepare(parameters)
+    if completed_shard(run, params["stage"], shard_name(params["shard_index"]), key) is None:
         storage.remove(result_record_url(run, key))
     return key
 
 
 def global_task_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    run, key = RunDir(parameters["run_root"]), parameters["key"]
-    if completed_global(run, parameters["stage"], key) is None:
+    params, run, key = _prepare(parameters)
+    if STAGES[params["stage"]].relist or completed_global(run, params["stage"], key) is None:
         storage.remove(result_record_url(run, key))
     return key

@@ -7,7 +7,7 @@ from typing import Any
 from prefect.tasks import exponential_backoff
 
 from u2seg_core.config import OrchestrationConfig
-from u2seg_core.pipeline import StageSpec
+from u2seg_core.registry import StageSpec
 from u2seg_core.rundir import RunDir
 
 from .caching import result_storage_for

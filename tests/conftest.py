@@ -70,7 +70,10 @@ def planned_run(tmp_path):
             storage.write_json(run.shard_manifest_url(index), manifest.model_dump(mode="json"))
         plan = StageManifest(
             stage="plan", stage_version="1", code_version="test", config={}, config_hash="",
-            summary={"n_shards": len(shards)},
+            summary={"n_shards": len(shards), "n_images": sum(len(images) for images in shards), "shards": [
+                [index, ShardManifest(shard_index=index, source="test", images=images).hash]
+                for index, images in enumerate(shards)
+            ]},
         )
         storage.write_json(run.stage_manifest_url("plan"), plan.model_dump(mode="json"))
         return run
@@ -107,7 +110,9 @@ def tiny_pipeline_config():
                 update={"steps": 4, "dim": 8, "n_classes": 3, "batch_size": 2, "inference_resolution": 64,
                         "crf": False, "crop": "none", "train_grid": 8}
             ),
-            "evaluate": demo.evaluate.model_copy(update={"overlays": 1}),
+            "evaluate": demo.evaluate.model_copy(
+                update={"overlays": 1, "predictions": {"pseudo-labels": "merge"}, "images": "all"}
+            ),
             "orchestration": demo.orchestration.model_copy(update={"max_workers": 2, "retry_delay_seconds": 0.1}),
         }
     )
@@ -284,3 +289,78 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(threads)
+
+
+# ---- fault injection (pipeline layer tests) -----------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fault_injection_hook():
+    """Install the test-only U2SEG_FAULT_INJECT step hook (tests/fault_injection.py) in this process."""
+    import fault_injection
+
+    fault_injection.install()
+    yield
+
+
+# ---- train stage: a small merged run -------------------------------------------------------------
+
+
+@pytest.fixture
+def merged_run(tmp_path):
+    """Factory: `merged_run(n=6, size=64, shard_size=3, empty=(), portrait=())` -> RunDir with a plan and merge
+    outputs as the train stage reads them: images with 1-2 coloured rectangles (cluster ids 1..3) on two stuff
+    classes (semantic 1, 2; 255 along the top rows), images listed in `empty` without instances, those in
+    `portrait` taller than wide."""
+    import numpy as np
+
+    from u2seg_core.coco import encode_rle
+    from u2seg_core.manifest import ImageRecord, ShardManifest, ShardResult, StageManifest
+    from u2seg_core.rundir import RunDir
+
+    def make(n=6, size=64, shard_size=3, empty=(), portrait=(), name="run"):
+        run = RunDir(str(tmp_path / name))
+        rng = np.random.default_rng(0)
+        results = []
+        for shard_index, first in enumerate(range(0, n, shard_size)):
+            records, images, panoptic, instances = [], [], [], []
+            for image_id in range(first + 1, min(first + shard_size, n) + 1):
+                h, w = (size + 16, size) if image_id in portrait else (size, size)
+                semantic = np.full((h, w), 1, dtype=np.uint8)
+                semantic[h // 2:] = 2
+                semantic[:2] = 255
+                rgb = np.zeros((h, w, 3), dtype=np.uint8)
+                rgb[semantic == 1] = (30, 90, 30)
+                rgb[semantic == 2] = (90, 60, 20)
+                for k in range(0 if image_id in empty else 1 + image_id % 2):
+                    y, x = int(rng.integers(4, h // 2)), int(rng.integers(0, w // 2))
+                    bh, bw = int(rng.integers(10, h // 2)), int(rng.integers(10, w // 2))
+                    mask = np.zeros((h, w), dtype=bool)
+                    mask[y:y + bh, x:x + bw] = True
+                    cluster = 1 + (image_id + k) % 3
+                    rgb[mask] = (60 * cluster, 250 - 60 * cluster, 200)
+                    semantic[mask] = 0
+                    instances.append({
+                        "id": image_id * 100 + k, "image_id": image_id, "category_id": cluster,
+                        "segmentation": encode_rle(mask), "bbox": [x, y, bw, bh], "area": int(mask.sum()),
+                        "score": 1.0, "iscrowd": 0,
+                    })
+                url = run.url("images", f"{image_id:06d}.png")
+                storage.write_png(url, rgb)
+                storage.write_png(run.url("merge", "semantic", f"{image_id}.png"), semantic)
+                records.append(ImageRecord(image_id=image_id, file_name=f"{image_id:06d}.png", url=url, width=w, height=h))
+                images.append({"id": image_id, "file_name": f"{image_id:06d}.png", "height": h, "width": w})
+                panoptic.append({"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": []})
+            shard = ShardManifest(shard_index=shard_index, source="test", images=records)
+            storage.write_json(run.shard_manifest_url(shard_index), shard.model_dump(mode="json"))
+            shard_url = run.url("merge", "shards", f"{shard.name}.json")
+            storage.write_json(shard_url, {"images": images, "panoptic": panoptic, "instances": [],
+                                           "instances_unoccluded": instances})
+            results.append(ShardResult(stage="merge", shard=shard.name, n_images=len(records),
+                                       outputs={"shard": run.rel(shard_url)}))
+        merge = StageManifest(stage="merge", stage_version="1", code_version="test", config={}, config_hash="",
+                              shards=results)
+        storage.write_json(run.stage_manifest_url("merge"), merge.model_dump(mode="json"))
+        return run
+
+    return make

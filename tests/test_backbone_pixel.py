@@ -15,8 +15,9 @@ from u2seg_core.backbone import pixel
 from u2seg_core.coco import rgb2id
 from u2seg_core.config import BackboneConfig, SynthConfig
 from u2seg_core.synth import generate_dataset
+from shared_paths import REAL_IMAGES_DIR
 
-REAL_IMAGES = sorted(Path("/work/shared/data/real_images").glob("*.jpg"))
+REAL_IMAGES = sorted(REAL_IMAGES_DIR.glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")

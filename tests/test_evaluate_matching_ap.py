@@ -11,84 +11,61 @@ from pycocotools.cocoeval import COCOeval
 
 from u2seg_core.coco import encode_rle, mask_bbox
 from u2seg_core.evaluate.ap import METRICS, coco_ap, coco_from_dict
-from u2seg_core.evaluate.matching import (
-    CategoryLayout,
-    apply_mapping,
-    box_vote_evidence,
-    category_mapping,
-    evidence_mapping,
-    map_detections,
-    segment_match_evidence,
-    semantic_vote_evidence,
-)
-from u2seg_core.evaluate.pq import panoptic_overlap, pq_compute
+from u2seg_core.evaluate.matching import box_votes, fit_mapping, map_detections, semantic_votes
+from u2seg_core.evaluate.pq import image_tables, match_evidence, segment_positions
 
-PRED = CategoryLayout(thing_ids=(1, 2, 3, 4), stuff_ids=(5, 6))
-GT = CategoryLayout(thing_ids=(10, 20), stuff_ids=(30,))
+PRED_THINGS = {1: 0, 2: 1, 3: 2, 4: 3}  # category id -> thing position
+GT_THINGS = {10: 0, 20: 1}
 
 
 def test_hungarian_is_one_to_one_and_needs_evidence():
     evidence = np.array([[5, 1], [4, 0], [0, 3], [0, 0]])
-    mapping = evidence_mapping(evidence, "hungarian")
+    mapping = fit_mapping(evidence, "hungarian")
     np.testing.assert_array_equal(mapping, [0, -1, 1, -1])  # cluster 1 loses class 0 to cluster 0
     evidence = np.array([[0, 0], [0, 2]])  # Hungarian pairs row 0 with column 0 at zero gain: unmapped
-    np.testing.assert_array_equal(evidence_mapping(evidence, "hungarian"), [-1, 1])
+    np.testing.assert_array_equal(fit_mapping(evidence, "hungarian"), [-1, 1])
 
 
-def test_majority_is_many_to_one():
-    evidence = np.array([[5, 1], [4, 0], [0, 3], [0, 0]])
-    np.testing.assert_array_equal(evidence_mapping(evidence, "majority"), [0, 0, 1, -1])
-    assert category_mapping(np.array([0, 0, 1, -1]), PRED.thing_ids, GT.thing_ids) == {1: 10, 2: 10, 3: 20}
+def test_u2seg_vote_is_many_to_one_first_on_ties():
+    evidence = np.array([[5, 1], [4, 0], [0, 3], [0, 0], [2, 2]])
+    np.testing.assert_array_equal(fit_mapping(evidence, "u2seg"), [0, 0, 1, -1, 0])
 
 
-def test_box_votes_follow_u2seg_thresholds():
+def test_box_votes_follow_u2seg_thresholds_and_count_crowd_boxes():
     gt = [
-        {"image_id": 1, "category_id": 10, "bbox": [0, 0, 10, 10], "iscrowd": 0},
-        {"image_id": 1, "category_id": 20, "bbox": [50, 50, 10, 10], "iscrowd": 0},
-        {"image_id": 1, "category_id": 20, "bbox": [100, 100, 10, 10], "iscrowd": 1},  # crowd: never votes
+        {"category_id": 10, "bbox": [0, 0, 10, 10], "iscrowd": 0},
+        {"category_id": 20, "bbox": [50, 50, 10, 10], "iscrowd": 0},
+        {"category_id": 20, "bbox": [100, 100, 10, 10], "iscrowd": 1},  # U2Seg's imgToAnns holds crowd boxes too
     ]
     dets = [
-        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 9], "score": 0.9},  # IoU 0.9: vote 1 -> 10
-        {"image_id": 1, "category_id": 2, "bbox": [0, 0, 10, 7], "score": 0.9},  # IoU 0.7: not > 0.7
-        {"image_id": 1, "category_id": 3, "bbox": [50, 50, 10, 10], "score": 0.5},  # score < 0.6
-        {"image_id": 1, "category_id": 3, "bbox": [51, 50, 10, 10], "score": 0.6},  # vote 3 -> 20
-        {"image_id": 1, "category_id": 4, "bbox": [100, 100, 10, 10], "score": 1.0},  # only the crowd box
-        {"image_id": 2, "category_id": 4, "bbox": [0, 0, 10, 10], "score": 1.0},  # image without GT
+        {"category_id": 1, "bbox": [0, 0, 10, 9], "score": 0.9},  # IoU 0.9: vote 1 -> 10
+        {"category_id": 2, "bbox": [0, 0, 10, 7], "score": 0.9},  # IoU 0.7: not > 0.7
+        {"category_id": 3, "bbox": [50, 50, 10, 10], "score": 0.5},  # score < 0.6
+        {"category_id": 3, "bbox": [51, 50, 10, 10], "score": 0.6},  # IoU 0.818, score 0.6: vote 3 -> 20
+        {"category_id": 4, "bbox": [100, 100, 10, 10], "score": 1.0},  # the crowd box: vote 4 -> 20
     ]
-    evidence = box_vote_evidence(dets, gt, PRED, GT, score_min=0.6, box_iou_min=0.7)
-    np.testing.assert_array_equal(evidence, [[1, 0], [0, 0], [0, 1], [0, 0]])
+    votes = box_votes(dets, gt, PRED_THINGS, GT_THINGS, (4, 2), score_min=0.6, box_iou_min=0.7)
+    np.testing.assert_array_equal(votes, [[1, 0], [0, 0], [0, 1], [0, 1]])
 
 
-def test_semantic_votes_count_images_above_iou():
+def test_semantic_votes_use_whole_masks():
+    # rows: predicted labels, columns: ground-truth labels of one image (whole masks, VOID/ignore included)
     image_a = np.array([[10, 0], [0, 10]])  # pred 0 ~ gt 0 and pred 1 ~ gt 1, IoU 1
     image_b = np.array([[1, 9], [0, 0]])  # pred 0 vs gt 0: IoU 1/10 = 0.1; vs gt 1: 9/10
-    votes = semantic_vote_evidence([image_a, image_b], iou_min=0.15)
+    votes = semantic_votes(image_a, 0.15) + semantic_votes(image_b, 0.15)
     np.testing.assert_array_equal(votes, [[1, 1], [0, 1]])
 
 
-def test_segment_match_evidence_and_apply_mapping():
+def test_segment_match_evidence_is_class_agnostic_and_void_aware():
     gt = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 3, 3]])
-    gt_segments = [
-        {"id": 1, "category_id": 10},
-        {"id": 2, "category_id": 20},
-        {"id": 3, "category_id": 30},
-    ]
+    gt_segments = np.array([[1, 0, 0], [2, 1, 0], [3, 2, 0]])  # id, GT category index (10, 20, 30), crowd
     pred = np.array([[4, 4, 5, 5], [4, 4, 5, 0], [6, 6, 7, 7]])
-    pred_segments = [
-        {"id": 4, "category_id": 2},
-        {"id": 5, "category_id": 3},
-        {"id": 6, "category_id": 5},
-        {"id": 7, "category_id": 6},
-    ]
-    overlap = panoptic_overlap(1, gt, gt_segments, pred, pred_segments)
-    np.testing.assert_array_equal(segment_match_evidence([overlap], PRED, GT), [[0, 0], [1, 0], [0, 1], [0, 0]])
-    # both STEGO classes map to the one GT stuff class: they merge into one matching segment
-    mapped = apply_mapping(overlap, {2: 10, 3: 20, 5: 30, 6: 30}, merge={30})
-    assert sorted(mapped.pred_segments.values()) == [10, 20, 30]
-    categories = [{"id": c, "isthing": int(c < 30)} for c in (10, 20, 30)]
-    assert pq_compute([mapped], categories)["all"]["pq"] > 90
-    unmapped = apply_mapping(overlap, {2: 10}, merge={30})  # the rest becomes VOID
-    assert list(unmapped.pred_segments) == [4] and set(unmapped.pred.tolist()) == {0, 4}
+    pred_segments = np.array([[4, 1], [5, 2], [6, 4], [7, 5]])  # id, pred category index (ids 1..4 things, 5, 6)
+    tables = image_tables(0, segment_positions(gt, gt_segments[:, 0]), gt_segments,
+                          segment_positions(pred, pred_segments[:, 0]), pred_segments)
+    pred_thing = np.array([0, 1, 2, 3, -1, -1])
+    gt_thing = np.array([0, 1, -1])
+    np.testing.assert_array_equal(match_evidence(tables, pred_thing, gt_thing, 4, 2), [[0, 0], [1, 0], [0, 1], [0, 0]])
     dets = [{"category_id": 2, "image_id": 1}, {"category_id": 4, "image_id": 1}]
     assert map_detections(dets, {2: 10}) == [{"category_id": 10, "image_id": 1}]
 

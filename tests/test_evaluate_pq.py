@@ -1,15 +1,29 @@
-"""PQ against torchmetrics' PanopticQuality and a mask-by-mask panopticapi reference."""
+"""PQ (vectorised over stacked images) against torchmetrics' PanopticQuality and a mask-by-mask
+reference of panopticapi's pq_compute_single_core."""
 
 import numpy as np
 import pytest
 import torch
 from torchmetrics.detection import PanopticQuality
 
-from u2seg_core.evaluate.pq import panoptic_overlap, pq_compute
+from u2seg_core.evaluate.pq import SegmentTables, image_tables, pq_counts, pq_summary, segment_positions
 
 THINGS = (1, 2, 3)
 STUFF = (4, 5, 6)
 CATEGORIES = [{"id": c, "name": f"c{c}", "isthing": int(c in THINGS)} for c in THINGS + STUFF]
+INDEX = {c["id"]: i for i, c in enumerate(CATEGORIES)}
+
+
+def tables_of(image, gt_ids, gt_segments, pred_ids, pred_segments):
+    gt = np.array([(s["id"], INDEX[s["category_id"]], s.get("iscrowd", 0)) for s in gt_segments]).reshape(-1, 3)
+    pred = np.array([(s["id"], INDEX[s["category_id"]]) for s in pred_segments]).reshape(-1, 2)
+    return image_tables(image, segment_positions(gt_ids, gt[:, 0]), gt, segment_positions(pred_ids, pred[:, 0]), pred)
+
+
+def pq_compute(pairs):
+    """Our PQ over (gt_ids, gt_segments, pred_ids, pred_segments) images, predictions in GT categories."""
+    tables = SegmentTables.concat([tables_of(i, *pair) for i, pair in enumerate(pairs)])
+    return pq_summary(pq_counts(tables, np.arange(len(CATEGORIES)), len(CATEGORIES)), CATEGORIES)
 
 
 def random_panoptic(rng, h=16, w=16, void_frac=0.0, crowd_prob=0.0):
@@ -57,22 +71,22 @@ def test_pq_equals_torchmetrics_on_random_pairs():
     rng = np.random.default_rng(0)
     metric = PanopticQuality(things=set(THINGS), stuffs=set(STUFF), return_sq_and_rq=True)
     per_class = PanopticQuality(things=set(THINGS), stuffs=set(STUFF), return_per_class=True)
-    overlaps = []
-    for image_id in range(12):
+    pairs = []
+    for _ in range(12):
         gt_ids, gt_segments, gt_cat, gt_inst = random_panoptic(rng, void_frac=0.1)
         pred_ids, pred_segments, pred_cat, pred_inst = perturb(rng, gt_cat, gt_inst)
-        overlaps.append(panoptic_overlap(image_id, gt_ids, gt_segments, pred_ids, pred_segments))
+        pairs.append((gt_ids, gt_segments, pred_ids, pred_segments))
         preds = torch.from_numpy(np.stack([pred_cat, pred_inst], -1))[None]
         target = torch.from_numpy(np.stack([gt_cat, gt_inst], -1))[None]
         metric.update(preds, target)
         per_class.update(preds, target)
-    ours = pq_compute(overlaps, CATEGORIES)
+    ours = pq_compute(pairs)
     expected = metric.compute().double().numpy()
     got = np.array([ours["all"]["pq"], ours["all"]["sq"], ours["all"]["rq"]]) / 100
     assert np.abs(got - expected).max() <= 1e-6
     tm_per_class = per_class.compute().double().numpy().ravel()
     for index, category in enumerate(sorted(THINGS) + sorted(STUFF)):  # torchmetrics: things, then stuff
-        row = ours["per_class"].get(category)
+        row = ours["per_class"].get(str(category))
         assert abs((row["pq"] / 100 if row else 0.0) - tm_per_class[index]) <= 1e-6
     assert 0 < ours["all"]["pq"] < 100  # the pairs are neither perfect nor hopeless
 
@@ -97,7 +111,7 @@ def panopticapi_reference(pairs):
                     stats[g["category_id"]][3] += inter / union
         crowd = {g["category_id"]: g["id"] for g in gt_segments if g["iscrowd"]}
         for g in gt_segments:
-            if g["id"] not in matched_gt and not g["iscrowd"] and (gt_ids == g["id"]).any():
+            if g["id"] not in matched_gt and not g["iscrowd"]:  # listed segments count, pixels or not
                 stats[g["category_id"]][2] += 1
         for p in pred_segments:
             pm = pred_ids == p["id"]
@@ -118,26 +132,47 @@ def panopticapi_reference(pairs):
 
 def test_pq_with_crowd_and_predicted_void_matches_mask_reference():
     rng = np.random.default_rng(1)
-    pairs, overlaps = [], []
-    for image_id in range(10):
+    pairs = []
+    for _ in range(10):
         gt_ids, gt_segments, gt_cat, gt_inst = random_panoptic(rng, void_frac=0.2, crowd_prob=0.4)
         pred_ids, pred_segments, pred_cat, _ = perturb(rng, gt_cat, gt_inst)
         pred_ids[rng.random(pred_ids.shape) < 0.15] = 0  # predicted VOID too
+        if rng.random() < 0.5:  # a listed ground-truth segment without pixels
+            gt_segments = gt_segments + [{"id": 9999, "category_id": int(rng.choice(THINGS)), "iscrowd": 0}]
         pairs.append((gt_ids, gt_segments, pred_ids, pred_segments))
-        overlaps.append(panoptic_overlap(image_id, gt_ids, gt_segments, pred_ids, pred_segments))
-    assert pq_compute(overlaps, CATEGORIES)["all"]["pq"] == pytest.approx(panopticapi_reference(pairs), abs=1e-9)
+    assert pq_compute(pairs)["all"]["pq"] == pytest.approx(panopticapi_reference(pairs), abs=1e-9)
 
 
 def test_hand_built_void_crowd_and_perfect_cases():
     gt = np.array([[7, 7, 7, 0], [7, 7, 7, 0], [9, 9, 0, 0]])
     gt_segments = [{"id": 7, "category_id": 4, "iscrowd": 0}, {"id": 9, "category_id": 1, "iscrowd": 1}]
-    perfect = pq_compute([panoptic_overlap(1, gt, gt_segments, gt, gt_segments)], CATEGORIES)
+    perfect = pq_compute([(gt, gt_segments, gt, gt_segments)])
     assert perfect["all"]["pq"] == pytest.approx(100.0) and perfect["all"]["n"] == 1  # crowd not counted
     # A thing prediction lying on the crowd region + VOID is ignored (not FP); the stuff one matches
     # with IoU 6/6 because its pixels on VOID leave the union.
     pred = np.array([[3, 3, 3, 3], [3, 3, 3, 3], [5, 5, 5, 5]])
     pred_segments = [{"id": 3, "category_id": 4}, {"id": 5, "category_id": 1}]
-    result = pq_compute([panoptic_overlap(1, gt, gt_segments, pred, pred_segments)], CATEGORIES)
-    assert result["per_class"] == {4: pytest.approx({**result["per_class"][4], "pq": 100.0, "tp": 1, "fp": 0, "fn": 0})}
-    with pytest.raises(ValueError, match="missing from segments_info"):
-        panoptic_overlap(1, gt, gt_segments[:1], gt, gt_segments)
+    result = pq_compute([(gt, gt_segments, pred, pred_segments)])
+    assert result["per_class"] == {"4": pytest.approx({**result["per_class"]["4"], "pq": 100.0, "tp": 1, "fp": 0, "fn": 0})}
+    # panopticapi: a ground-truth segment listed in segments_info but absent from the PNG is a FN
+    empty = [*gt_segments, {"id": 11, "category_id": 2, "iscrowd": 0}]
+    result = pq_compute([(gt, empty, gt, gt_segments)])
+    assert result["per_class"]["2"] == pytest.approx({"name": "c2", "isthing": True, "pq": 0.0, "sq": 0.0,
+                                                      "rq": 0.0, "tp": 0, "fp": 0, "fn": 1})
+    assert result["all"]["pq"] == pytest.approx(50.0)  # stuff 100, the empty thing 0
+    # predicted segments of unmapped categories (-1) are VOID: the stuff one is gone, so a FN
+    tables = tables_of(0, gt, gt_segments, pred, pred_segments)
+    unmapped_stuff = np.arange(len(CATEGORIES)); unmapped_stuff[INDEX[4]] = -1
+    counts = pq_counts(tables, unmapped_stuff, len(CATEGORIES))
+    assert counts[INDEX[4]].tolist() == [0, 0, 1, 0] and counts[:, 1].sum() == 0
+
+
+@pytest.mark.parametrize("largest", [3000, 1 << 23])  # lookup-table path and search path
+def test_segment_positions_equal_a_per_pixel_reference(largest):
+    rng = np.random.default_rng(largest)
+    listed = rng.choice(np.arange(1, largest), size=20, replace=False)
+    unlisted = [v for v in (largest - 1, 5) if v not in listed]
+    ids = rng.choice(np.concatenate([listed, unlisted, [0]]), size=(30, 40))
+    ours = segment_positions(ids, listed)
+    reference = np.array([list(listed).index(v) if v in listed else -1 for v in ids.ravel()]).reshape(ids.shape)
+    np.testing.assert_array_equal(ours, reference)

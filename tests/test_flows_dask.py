@@ -10,9 +10,12 @@ import pytest
 import zarr
 from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 
+from fault_injection import FAULT_ENV, in_dask_workers
+
 from flows.pipeline import pipeline_flow
-from u2seg_core.pipeline import FAULT_ENV, run_pipeline_local
+from u2seg_core.local_runner import run_pipeline_local
 from u2seg_core.rundir import RunDir
+from u2seg_core.steps import shard_refs
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +28,13 @@ def on_dask(cfg, address: str | None = None):
 
 def test_killed_worker_loses_nothing_on_rerun(tmp_path, tiny_pipeline_config, prefect_api, run_outputs, monkeypatch):
     guard = tmp_path / "killed-once"
-    monkeypatch.setenv(FAULT_ENV, f"features:shard-00001:exit:{guard}")  # inherited by the worker processes
-    cfg = on_dask(tiny_pipeline_config)  # each flow run starts a LocalCluster of 2 worker processes
     run_dir = str(tmp_path / "run")
-    pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
+    run_pipeline_local(tiny_pipeline_config, run_dir, stages=["plan"])
+    names = [ref.name for ref in shard_refs(RunDir(run_dir))]
+    monkeypatch.setenv(FAULT_ENV, f"features:{names[1]}:exit:{guard}")  # inherited by the worker processes
+    cfg = on_dask(tiny_pipeline_config)  # each flow run starts a LocalCluster of 2 worker processes
+    with in_dask_workers():  # the worker processes load the test-only hook
+        pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
     assert guard.exists()  # a worker process really died inside features shard-00001
     rerun = pipeline_flow(run_dir=run_dir, config=cfg, stages=["plan", "features"], return_state=True)
     assert rerun.is_completed(), rerun.message
@@ -36,7 +42,7 @@ def test_killed_worker_loses_nothing_on_rerun(tmp_path, tiny_pipeline_config, pr
 
     run = RunDir(run_dir)
     markers = sorted(os.listdir(run.url("features", "_shards")))
-    assert markers == ["shard-00000.json", "shard-00001.json", "shard-00002.json"]
+    assert markers == [f"{name}.json" for name in names]
     store = zarr.open_group(run.store, mode="r")
     for shard in run.shards():  # every image exactly once, in shard order
         ids = store[f"features/{shard.name}/image_ids"][:]
@@ -64,7 +70,7 @@ def test_gpu_stage_tasks_run_only_on_workers_that_declare_a_gpu(tmp_path, tiny_p
             )
         assert state.is_completed(), state.message
     used = [names[record["worker"]] for record in stream.data]
-    assert len(used) == 3 and set(used) == {"gpu-0"}
+    assert len(used) == len(shard_refs(RunDir(run_dir))) and set(used) == {"gpu-0"}
 
 
 def test_local_cuda_spec_pins_one_gpu_per_worker():

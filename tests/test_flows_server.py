@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from u2seg_core.registry import STAGES
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,9 +100,27 @@ def test_run_against_a_real_server(tmp_path, prefect_server, tiny_pipeline_confi
         if "merge-finalize" in task_runs and set(task_runs.values()) == {"COMPLETED"} or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    for name in ("plan-plan_step", "features-shard-00002", "maskcut-shard-00000", "cluster-fit_centroids",
+    shards = [f"shard-{index:05d}" for index, _ in json.loads((run_dir / "plan" / "manifest.json").read_text())["summary"]["shards"]]
+    for name in ("plan-plan_step", f"features-{shards[-1]}", f"maskcut-{shards[0]}", "cluster-fit_centroids",
                  "stego-train_head", "merge-finalize", "evaluate-evaluate_run"):
         assert task_runs.get(name) == "COMPLETED", (name, task_runs)
+
+    # the run graph shows only real dependencies: a stage's global step -> its shards -> its finalize step
+    runs = api_post(api, "/task_runs/filter", {})
+    names = {r["id"]: r["name"] for r in runs}
+    edges = {r["name"]: sorted({names.get(i["id"], "?") for inputs in r["task_inputs"].values() for i in inputs
+                                if i.get("input_type") == "task_run"}) for r in runs}
+    checked = 0
+    for stage, spec in STAGES.items():
+        step = f"{stage}-{spec.global_step_name}"
+        for shard in shards if f"{stage}-{shards[0]}" in edges else []:
+            assert edges[f"{stage}-{shard}"] == ([step] if spec.global_step and spec.global_first else []), stage
+            checked += 1
+        if step in edges:
+            after = spec.global_step and not spec.global_first and f"{stage}-{shards[0]}" in edges
+            assert edges[step] == (sorted(f"{stage}-{shard}" for shard in shards) if after else []), step
+    assert edges["merge-finalize"] == sorted(f"merge-{shard}" for shard in shards)
+    assert edges[f"stego-{shards[0]}"] == ["stego-train_head"] and checked >= 6 * len(shards)
 
     artifacts = {a["key"]: a for a in api_post(api, "/artifacts/filter", {}) if a["key"]}
     assert artifacts["demo-maskcut-progress"]["type"] == "progress"
@@ -108,10 +128,12 @@ def test_run_against_a_real_server(tmp_path, prefect_server, tiny_pipeline_confi
     table = artifacts["demo-maskcut-shards"]
     assert table["type"] == "table"
     rows = json.loads(table["data"])
-    assert [row["shard"] for row in rows] == ["shard-00000", "shard-00001", "shard-00002"]
-    assert all(row["state"] == "Completed" and row["images"] == 2 for row in rows)
+    assert [row["shard"] for row in rows] == shards
+    assert all(row["state"] == "Completed" for row in rows) and sum(row["images"] for row in rows) == 6
+    assert all(isinstance(row["masks"], int) and isinstance(row["seconds"], float) for row in rows)  # typed
     summary = artifacts["demo-summary"]
-    assert summary["type"] == "markdown" and "| maskcut | 3 | 6 |" in summary["data"] and "PQ" in summary["data"]
+    assert summary["type"] == "markdown" and f"| maskcut | {len(shards)} | 6 |" in summary["data"]
+    assert "PQ" in summary["data"]
 
 
 def test_prefect_yaml_deploys_the_pipeline_and_every_stage(prefect_server):

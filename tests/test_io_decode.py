@@ -15,8 +15,9 @@ from PIL import Image
 
 from u2seg_core.io import ImageDecodeError, iter_batches, load_rgb
 from u2seg_core.manifest import ImageRecord, ShardManifest
+from shared_paths import REAL_IMAGES_DIR
 
-REAL_IMAGES = sorted(glob.glob("/work/shared/data/real_images/*.jpg"))
+REAL_IMAGES = sorted(glob.glob(str(REAL_IMAGES_DIR / "*.jpg")))
 
 
 def _save(im: Image.Image, path: Path, **kwargs) -> str:

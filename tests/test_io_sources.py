@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +13,12 @@ from PIL import Image
 from u2seg_core import storage
 from u2seg_core.config import SourceConfig
 from u2seg_core.io import list_images, load_rgb, make_shards
-from u2seg_core.io.sources import resolve_kind
+from u2seg_core.io.sources import IMAGE_EXTENSIONS, list_source, path_image_id, resolve_kind
 
 
 def _write_image(path: Path, size: tuple[int, int], value: int, fmt: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, (value, 255 - value, 7)).save(path, format=fmt)
-
-
-def _sha16(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 @pytest.fixture
@@ -33,24 +29,41 @@ def folder_tree(tmp_path) -> Path:
     _write_image(root / "a" / "deep" / "y.webp", (7, 5), 3, fmt="WEBP")
     _write_image(root / "c.TIFF", (6, 6), 4, fmt="TIFF")
     _write_image(root / "d.bmp", (5, 4), 5)
+    _write_image(root / "e.gif", (5, 4), 6, fmt="GIF")
     (root / "notes.txt").write_text("not an image")
     (root / "a" / "data.json").write_text("{}")
     return root
 
 
 def test_folder_source(folder_tree):
-    records = list_images(SourceConfig(uri=str(folder_tree)))
-    assert [r.file_name for r in records] == ["a/deep/y.webp", "a/z.JPG", "b.png", "c.TIFF", "d.bmp"]
-    assert [r.image_id for r in records] == [1, 2, 3, 4, 5]
+    listing = list_source(SourceConfig(uri=str(folder_tree)))
+    records = listing.records
+    assert [r.file_name for r in records] == ["a/deep/y.webp", "a/z.JPG", "b.png", "c.TIFF", "d.bmp", "e.gif"]
+    assert [r.image_id for r in records] == [path_image_id(r.file_name) for r in records]
+    assert all(0 < r.image_id < 2**46 for r in records)
+    assert listing.n_ignored == 2 and listing.ignored_examples == ["a/data.json", "notes.txt"]
     for record in records:
         path = folder_tree / record.file_name
         assert record.url == str(path)
         assert record.size_bytes == path.stat().st_size
-        assert record.content_hash == _sha16(path)
-        with Image.open(path) as im:
-            assert (record.width, record.height) == im.size
+        assert abs(int(record.version) - path.stat().st_mtime_ns) < 1000  # the mtime: no byte is read
     assert resolve_kind(str(folder_tree)) == "folder"
     assert list_images(SourceConfig(uri=str(folder_tree), limit=2)) == records[:2]
+
+
+def test_every_format_the_decoder_reads_is_listed():
+    for ext in (".gif", ".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".jp2", ".ico"):
+        assert ext in IMAGE_EXTENSIONS, ext
+    assert ".eps" not in IMAGE_EXTENSIONS and ".txt" not in IMAGE_EXTENSIONS
+
+
+def test_ids_are_stable_when_images_are_added_or_removed(folder_tree):
+    before = {r.file_name: r.image_id for r in list_images(SourceConfig(uri=str(folder_tree)))}
+    _write_image(folder_tree / "0_first.png", (4, 4), 8)
+    (folder_tree / "b.png").unlink()
+    after = {r.file_name: r.image_id for r in list_images(SourceConfig(uri=str(folder_tree)))}
+    assert {name: after[name] for name in before if name != "b.png"} == {n: i for n, i in before.items() if n != "b.png"}
+    assert "0_first.png" in after and after["0_first.png"] not in before.values()
 
 
 def test_imagenet_tree(tmp_path):
@@ -93,8 +106,8 @@ def test_coco_source(tmp_path):
     assert [(r.image_id, r.file_name) for r in records] == [(7, "sub/y.png"), (9, "gone.png"), (42, "x.png")]
     assert records[0].url == str(root / "images" / "sub" / "y.png")
     assert (records[2].width, records[2].height) == (20, 10)
-    assert records[2].content_hash == _sha16(root / "images" / "x.png")
-    assert records[1].size_bytes == -1 and records[1].content_hash == ""  # fails later, with its reason
+    assert records[2].size_bytes == (root / "images" / "x.png").stat().st_size
+    assert records[1].size_bytes == -1 and records[1].version == ""  # fails later, with its reason
     # explicit image_root, JSON next to the images
     flat = tmp_path / "flat"
     _write_image(flat / "x.png", (20, 10), 1)
@@ -126,10 +139,11 @@ def test_order_and_shard_hashes_are_deterministic(folder_tree):
     first = make_shards(list_images(cfg), 2, source=cfg.uri)
     second = make_shards(list_images(cfg), 2, source=cfg.uri)
     assert [s.hash for s in first] == [s.hash for s in second]
-    assert [len(s.images) for s in first] == [2, 2, 1]
-    _write_image(folder_tree / "b.png", (10, 8), 99)  # same name, new content
+    assert sum(len(s.images) for s in first) == 6
+    os.utime(folder_tree / "b.png", ns=(5, 5))  # same name, new version (content is hashed by the plan shard step)
     third = make_shards(list_images(cfg), 2, source=cfg.uri)
-    assert [s.hash == t.hash for s, t in zip(first, third)] == [True, False, True]
+    changed = {s.name for s, t in zip(first, third) if s.hash != t.hash}
+    assert changed == {s.name for s in first if any(im.file_name == "b.png" for im in s.images)}
 
 
 def test_s3_listing_and_reading(folder_tree, s3_bucket):
@@ -142,11 +156,12 @@ def test_s3_listing_and_reading(folder_tree, s3_bucket):
     fs.pipe(files)
     remote = list_images(SourceConfig(uri=f"{s3_bucket}/data"))
     assert [r.file_name for r in remote] == [r.file_name for r in local]
-    assert [r.content_hash for r in remote] == [r.content_hash for r in local]
+    assert [r.image_id for r in remote] == [r.image_id for r in local]
     assert [r.size_bytes for r in remote] == [r.size_bytes for r in local]
+    assert all(r.version for r in remote)  # the ETag
     assert remote[2].url == f"{s3_bucket}/data/b.png"
     np.testing.assert_array_equal(load_rgb(remote[2].url), load_rgb(local[2].url))
     # a COCO JSON on S3 with the default image_root <json dir>/../images
     storage.write_json(f"{s3_bucket}/coco/annotations/i.json", {"images": [{"id": 5, "file_name": "b.png"}]})
     coco = list_images(SourceConfig(uri=f"{s3_bucket}/coco/annotations/i.json"))
-    assert coco[0].url == f"{s3_bucket}/coco/images/b.png" and coco[0].content_hash == local[2].content_hash
+    assert coco[0].url == f"{s3_bucket}/coco/images/b.png" and coco[0].size_bytes == local[2].size_bytes

@@ -16,10 +16,11 @@ from u2seg_core.manifest import ImageRecord
 from u2seg_core.store import FeatureStore
 from u2seg_core.synth.scene import render_scene
 from u2seg_core.viz import show_image_masks
+from shared_paths import REAL_IMAGES_DIR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_images"
+REAL_IMAGES = REAL_IMAGES_DIR
 
 
 def _config(**maskcut) -> PipelineConfig:

@@ -2,15 +2,17 @@
 
 The ground-truth things play the MaskCut instances (their class, possibly relabelled, plays the
 cluster id) and the ground-truth stuff plays the STEGO map; merging and evaluating must then give
-PQ = AP = mIoU = 100, and the matching must undo any relabelling of the clusters.
+PQ = AP = mIoU = 100 under both protocols, and the mappings must undo any relabelling of the clusters.
 """
+
+import shutil
 
 import numpy as np
 import pytest
 
 from u2seg_core import storage
 from u2seg_core.config import ClusterConfig, EvaluateConfig, PipelineConfig, StegoConfig, SynthConfig
-from u2seg_core.evaluate.stage import evaluate_predictions, evaluate_run
+from u2seg_core.evaluate.stage import evaluate_predictions, evaluate_run, evaluate_shard
 from u2seg_core.manifest import FailureRecord, ImageRecord, ShardResult
 from u2seg_core.merge.stage import finalize, merge_shard
 from u2seg_core.synth import STUFF_CLASSES, THING_CLASSES, generate_dataset
@@ -47,15 +49,15 @@ def fake_upstream(planned_run, gt_dir, cluster_of):
         for image_id in ids:
             semantic = storage.read_png(storage.join(gt_dir, "semantic", f"{image_id:06d}.png"))
             stego = np.where((semantic >= 1) & (semantic <= S), semantic - 1, 255).astype(np.uint8)
-            storage.write_png(run.url("stego", "maps", f"{image_id}.png"), stego)
+            storage.write_png(run.image_output_url("stego", "maps", shard.name, image_id), stego)
     return run
 
 
-def config(k, matching="hungarian", overlays=0):
+def config(k, overlays=0, ground_truth=None, protocols=("u2seg", "hungarian")):
     return PipelineConfig.demo(
         cluster=ClusterConfig(k=k),
         stego=StegoConfig(n_classes=S),
-        evaluate=EvaluateConfig(matching=matching, overlays=overlays),
+        evaluate=EvaluateConfig(overlays=overlays, ground_truth=ground_truth, protocols=list(protocols)),
     )
 
 
@@ -65,103 +67,112 @@ def merge_all(run, cfg):
     return results
 
 
-def test_perfect_upstream_gives_perfect_scores(planned_run, synthetic_gt):
-    import shutil
+def evaluate_stage(run, cfg):
+    """The registry's evaluate stage: every shard step, then the global step."""
+    results = [evaluate_shard(run, shard, cfg) for shard in run.shards()]
+    return results, evaluate_run(run, cfg)
 
+
+def rows(summary):
+    return summary["rows"]
+
+
+def test_perfect_upstream_gives_perfect_scores_under_both_protocols(planned_run, synthetic_gt):
     run = fake_upstream(planned_run, synthetic_gt, lambda a: a["category_id"])
     shutil.copytree(synthetic_gt, run.url("synthetic"))  # the run's own ground truth, as on the synthetic source
-    cfg = config(T, overlays=2)
+    cfg = config(T, overlays=3)
     results = merge_all(run, cfg)
     assert all(r.n_failed == 0 for r in results)
-    for image_id in range(1, N_IMAGES + 1):  # the pseudo semantic PNG is the ground-truth one
-        ours = storage.read_png(run.url("merge", "semantic", f"{image_id}.png"))
-        truth = storage.read_png(storage.join(synthetic_gt, "semantic", f"{image_id:06d}.png"))
-        np.testing.assert_array_equal(ours, truth)
-    panoptic = storage.read_json(run.url("merge", "panoptic.json"))
-    assert [c["id"] for c in panoptic["categories"]] == list(range(1, T + S + 1))
-    assert [c["isthing"] for c in panoptic["categories"]] == [1] * T + [0] * S
-    for ann in panoptic["annotations"]:
-        ids = [s["id"] for s in ann["segments_info"]]
-        assert len(ids) == len(set(ids))
-
-    result = evaluate_run(run, cfg)
+    shard_results, result = evaluate_stage(run, cfg)
+    assert [r.outputs["evidence"] for r in shard_results] == [f"evaluate/shards/shard-0000{i}.npz" for i in (0, 1)]
     summary = result.summary
-    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "pixel_accuracy", "AP_box", "AP_mask"):
-        assert summary[key] == pytest.approx(100.0), key
+    assert set(rows(summary)) == {"pseudo-labels/u2seg", "pseudo-labels/hungarian"}
+    for row in rows(summary).values():
+        for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "pixel_accuracy", "AP_box", "AP_mask"):
+            assert row[key] == pytest.approx(100.0), key
+    assert summary["n_images"] == N_IMAGES and summary["missing_prediction"] == 0
     for name in ("report_json", "report_md", "confusion_png"):
         assert storage.exists(run.url(result.outputs[name]))
-    assert len(storage.listdir(run.url("evaluate", "overlays"))) == 2
-    assert "| all | 100.0 | 100.0 | 100.0 |" in storage.read_bytes(run.url("evaluate", "report.md")).decode()
+    assert storage.listdir(run.url("evaluate", "overlays")) == ["shard-00000", "shard-00001"]
+    assert storage.listdir(run.url("evaluate", "overlays", "shard-00001")) == ["3.png"]
+    md = storage.read_bytes(run.url("evaluate", "report.md")).decode()
+    assert "| pseudo-labels | u2seg | 100.0 | 100.0 | 100.0 |" in md
+    assert "| pseudo-labels | hungarian | 100.0 |" in md
+    assert "transductive" in md and "](overlays/shard-00000/1.png)" in md
+    overlay = storage.read_png(run.url("evaluate", "overlays", "shard-00000", "1.png"))
+    assert overlay.shape[1] == 2 * SIZE + 8 and overlay.shape[0] > SIZE  # two titled panels
 
 
-@pytest.mark.parametrize("matching", ["hungarian", "majority"])
-def test_matching_undoes_a_cluster_permutation(planned_run, synthetic_gt, tmp_path, matching):
+def test_mappings_undo_a_cluster_permutation(planned_run, synthetic_gt, tmp_path):
     k = T + 3  # more clusters than classes; three never used
     permutation = np.random.default_rng(0).permutation(k) + 1
     run = fake_upstream(planned_run, synthetic_gt, lambda a: int(permutation[a["category_id"] - 1]))
-    cfg = config(k, matching)
+    cfg = config(k, ground_truth=synthetic_gt)
     merge_all(run, cfg)
-    report = evaluate_predictions(
-        run.url("merge", "panoptic.json"), run.url("merge", "panoptic"), run.url("merge", "instances.json"),
-        synthetic_gt, cfg.evaluate, str(tmp_path / "eval"),
-    )
-    assert report["summary"]["PQ"] == pytest.approx(100.0)
-    assert report["summary"]["AP_box"] == pytest.approx(100.0)
+    report = evaluate_predictions({"pseudo-labels": "merge"}, cfg.evaluate, str(tmp_path / "eval"), run, cfg)
     instances = storage.read_json(storage.join(synthetic_gt, "annotations", "instances.json"))
     present = {a["category_id"] for a in instances["annotations"]}
-    assert report["mapping"]["things"] == {str(int(permutation[c - 1])): c for c in present}
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    for row in report["rows"]:
+        assert row["summary"]["PQ"] == pytest.approx(100.0) and row["summary"]["AP_box"] == pytest.approx(100.0)
+        things = {p: g for p, g in row["mapping"]["pred_to_gt"].items() if int(p) <= k}
+        assert things == {str(int(permutation[c - 1])): names[c] for c in present}, row["protocol"]
 
 
-def test_split_class_needs_majority_vote(planned_run, synthetic_gt, tmp_path):
+def test_split_class_needs_the_u2seg_majority_vote(planned_run, synthetic_gt, tmp_path):
     # every class is split over two clusters (by annotation id parity): many-to-one recovers it all,
     # one-to-one keeps only one cluster per class
     run = fake_upstream(planned_run, synthetic_gt, lambda a: 2 * a["category_id"] - a["id"] % 2)
-    scores = {}
-    for matching in ("hungarian", "majority"):
-        cfg = config(2 * T, matching)
-        merge_all(run, cfg)
-        report = evaluate_predictions(
-            run.url("merge", "panoptic.json"), run.url("merge", "panoptic"), run.url("merge", "instances.json"),
-            synthetic_gt, cfg.evaluate, str(tmp_path / matching),
-        )
-        scores[matching] = report["summary"]["PQ_th"]
-    assert scores["majority"] == pytest.approx(100.0)
-    assert scores["hungarian"] < 90
+    cfg = config(2 * T, ground_truth=synthetic_gt)
+    merge_all(run, cfg)
+    report = evaluate_predictions({"pseudo-labels": "merge"}, cfg.evaluate, str(tmp_path / "eval"), run, cfg)
+    pq_th = {r["protocol"]: r["summary"]["PQ_th"] for r in report["rows"]}
+    assert pq_th["u2seg"] == pytest.approx(100.0)
+    assert pq_th["hungarian"] < 90
 
 
-def test_missing_inputs_become_failures_and_count_as_misses(planned_run, synthetic_gt, tmp_path):
+def test_missing_inputs_are_counted_and_scored_as_empty(planned_run, synthetic_gt, tmp_path):
     run = fake_upstream(planned_run, synthetic_gt, lambda a: a["category_id"])
-    storage.remove(run.url("stego", "maps", "2.png"))
+    storage.remove(run.image_output_url("stego", "maps", "shard-00000", 2))
     failed = ShardResult(
         stage="maskcut", shard="shard-00001", n_images=2, n_failed=1,
         failures=[FailureRecord(image_id=3, file_name="000003.png", stage="maskcut", reason="decode error")],
     )
     storage.write_json(run.shard_result_url("maskcut", "shard-00001"), failed.model_dump(mode="json"))
-    cfg = config(T)
+    cfg = config(T, ground_truth=synthetic_gt)
     first, second = merge_all(run, cfg)
     assert [(f.image_id, "STEGO map" in f.reason) for f in first.failures] == [(2, True)]
     assert [(f.image_id, "maskcut" in f.reason) for f in second.failures] == [(3, True)]
-    report = evaluate_predictions(
-        run.url("merge", "panoptic.json"), run.url("merge", "panoptic"), run.url("merge", "instances.json"),
-        synthetic_gt, cfg.evaluate, str(tmp_path / "eval"),
-    )
-    assert report["n_missing_predictions"] == 2
-    assert report["summary"]["PQ"] < 100 and report["summary"]["pixel_accuracy"] < 100
-    assert report["summary"]["AP_box"] < 100
-    subset = evaluate_predictions(  # only the images that were processed are scored
-        run.url("merge", "panoptic.json"), run.url("merge", "panoptic"), run.url("merge", "instances.json"),
-        synthetic_gt, cfg.evaluate, str(tmp_path / "subset"), image_ids={1, 4},
-    )
-    assert subset["n_images"] == 2 and subset["n_missing_predictions"] == 0
+    _, result = evaluate_stage(run, cfg)  # the run planned 4 images: 2 have no prediction
+    assert result.summary["missing_prediction"] == 2 and result.summary["n_images"] == N_IMAGES
+    assert result.summary["PQ"] < 100 and result.summary["AP_box"] < 100
+    # U2Seg's semantic scores leave pixels without a (mapped) prediction out; Hungarian counts them as errors
+    report = storage.read_json(run.url("evaluate", "report.json"))
+    semantic = {row["protocol"]: row["semantic"] for row in report["rows"]}
+    assert semantic["u2seg"]["pixel_accuracy"] == pytest.approx(100.0)
+    assert semantic["u2seg"]["n_pixels_unmapped"] == 2 * SIZE * SIZE
+    assert semantic["hungarian"]["pixel_accuracy"] == pytest.approx(50.0)
+    md = storage.read_bytes(run.url("evaluate", "report.md")).decode()
+    assert "2 ground-truth images without a prediction" in md and "`000002.png`, `000003.png`" in md
+    # outside the run only what a set lists is scored: the two merged images are perfect
+    subset = evaluate_predictions({"pseudo-labels": run.url("merge")}, cfg.evaluate, str(tmp_path / "subset"), None, cfg)
+    counts = subset["sets"]["pseudo-labels"]["counts"]
+    assert counts["n_scored"] == 2 and counts["missing_prediction"] == 0
     assert subset["summary"]["PQ"] == pytest.approx(100.0) and subset["summary"]["AP_box"] == pytest.approx(100.0)
-    with pytest.raises(FileNotFoundError, match="evaluate.ground_truth"):
-        evaluate_run(run, cfg)  # this run has no synthetic/ folder and no configured ground truth
 
 
-def test_ground_truth_scored_against_itself_as_a_prediction_folder(synthetic_gt, tmp_path):
-    from u2seg_core.evaluate.stage import evaluate_folder
-
-    report = evaluate_folder(synthetic_gt, synthetic_gt, EvaluateConfig(matching="majority", overlays=0), str(tmp_path))
-    for key in ("PQ", "AP_mask", "mIoU"):
-        assert report["summary"][key] == pytest.approx(100.0), key
-    assert storage.exists(str(tmp_path / "report.md"))
+def test_no_ground_truth_writes_statistics_and_overlays(planned_run, synthetic_gt):
+    run = fake_upstream(planned_run, synthetic_gt, lambda a: a["category_id"])
+    cfg = config(T, overlays=2)
+    merge_all(run, cfg)
+    _, result = evaluate_stage(run, cfg)  # no synthetic/ folder, no evaluate.ground_truth
+    assert result.summary["ground_truth"] is None and result.summary["n_images"] == N_IMAGES
+    instances = storage.read_json(storage.join(synthetic_gt, "annotations", "instances.json"))
+    assert result.summary["thing_segments_per_image"] == pytest.approx(len(instances["annotations"]) / N_IMAGES)
+    report = storage.read_json(run.url("evaluate", "report.json"))
+    stats = report["sets"]["pseudo-labels"]["statistics"]
+    assert stats["n_empty_clusters"] == T - len({a["category_id"] for a in instances["annotations"]})
+    assert sum(stats["stuff_coverage"].values()) + stats["thing_coverage"] == pytest.approx(1.0)
+    md = storage.read_bytes(run.url("evaluate", "report.md")).decode()
+    assert "No ground truth was given" in md and "](overlays/shard-00000/2.png)" in md
+    assert storage.exists(run.url("evaluate", "overlays", "shard-00000", "1.png"))

@@ -17,16 +17,18 @@ from u2seg_core import storage
 from u2seg_core.backbone import PixelFeaturizer
 from u2seg_core.config import PipelineConfig, SourceConfig, SynthConfig
 from u2seg_core.evaluate.semantic import confusion_matrix, hungarian_mapping, semantic_scores
-from u2seg_core.features.stage import load_features
+from u2seg_core.features.stage import training_sample
 from u2seg_core.io.loader import iter_batches
 from u2seg_core.manifest import ImageRecord, ShardManifest
-from u2seg_core.pipeline import run_pipeline_local
+from u2seg_core.local_runner import run_pipeline_local
 from u2seg_core.rundir import RunDir
 from u2seg_core.stego.checkpoint import load_head, save_head
 from u2seg_core.stego.head import StegoHead
 from u2seg_core.stego.infer import SemanticSegmenter
 from u2seg_core.stego.probe import ClusterProbe
 from u2seg_core.stego.stage import map_url, stego_shard, train_head
+from u2seg_core.stego.tokens import StoredRows
+from u2seg_core.store import FeatureStore
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -64,11 +66,12 @@ def test_stego_shard_writes_maps_at_original_size(tmp_path):
     result = stego_shard(run, odd_shard(tmp_path), cfg)
     assert result.n_images == 3 and result.n_failed == 1
     assert result.failures[0].image_id == 3 and result.failures[0].stage == "stego"
-    assert result.outputs == {"maps": "stego/maps"} and result.counts["images_per_s"] > 0
+    assert result.outputs == {"maps": "stego/maps/shard-00000"} and result.counts["images_per_s"] > 0
     for image_id, shape in ((1, (37, 53)), (2, (64, 48))):
-        semantic = storage.read_png(map_url(run, image_id))
+        semantic = storage.read_png(map_url(run, "shard-00000", image_id))
         assert semantic.shape == shape and semantic.dtype == np.uint8 and semantic.max() < 4
-    assert not storage.exists(map_url(run, 3))
+    assert map_url(run, "shard-00000", 1) == run.url("stego", "maps", "shard-00000", "1.png")
+    assert not storage.exists(map_url(run, "shard-00000", 3))
     with pytest.raises(ValueError, match="multiple of the patch"):
         stego_shard(run, odd_shard(tmp_path), small_cfg(inference_resolution=36))
 
@@ -84,7 +87,7 @@ def test_train_head_converts_a_released_checkpoint(tmp_path, make_released_stego
     model = load_head(run.url("stego", "head.pt"))
     assert torch.equal(model.head.nonlinear[2].weight, state["net.cluster2.2.weight"])
     shard = stego_shard(run, odd_shard(tmp_path), cfg)
-    assert shard.n_failed == 1 and storage.read_png(map_url(run, 2)).shape == (64, 48)
+    assert shard.n_failed == 1 and storage.read_png(map_url(run, "shard-00000", 2)).shape == (64, 48)
 
     with pytest.raises(ValueError, match="set stego.n_classes=4"):
         train_head(run, small_cfg(pretrained=str(ckpt), n_classes=5))
@@ -118,6 +121,10 @@ def stuff_miou(labels: dict[int, np.ndarray], run: RunDir, n_clusters: int, n_st
     return semantic_scores(confusion, hungarian_mapping(confusion))["miou"]
 
 
+def sample_ids(sample, shard: str) -> list[int]:
+    return [int(i) for part in sample if part.shard == shard for i in part.image_ids]
+
+
 def kmeans_labels(tokens: np.ndarray, image_ids: np.ndarray, k: int, size: int) -> dict[int, np.ndarray]:
     from sklearn.cluster import KMeans
 
@@ -141,8 +148,13 @@ def test_head_and_cluster_probe_beat_kmeans_on_raw_features(synthetic_run):
     assert trained.summary["n_images"] == 24 and trained.summary["n_items"] == 120
     results = [stego_shard(run, shard, cfg) for shard in run.shards()]
     assert sum(r.n_failed for r in results) == 0
-    tokens, _, image_ids = load_features(run, [shard.name for shard in run.shards()])
-    stego = stuff_miou({int(i): storage.read_png(map_url(run, int(i))) for i in image_ids}, run, k, n_stuff)
+    shards = [shard.name for shard in run.shards()]
+    sample = training_sample(run, shards, cfg)
+    assert [part.shard for part in sample] == shards  # the sample is every image here
+    stored = StoredRows(FeatureStore(run.store), sample)
+    tokens, image_ids = stored.load().tokens.numpy(), stored.image_ids
+    maps = {i: storage.read_png(map_url(run, shard, i)) for shard in shards for i in sample_ids(sample, shard)}
+    stego = stuff_miou(maps, run, k, n_stuff)
 
     segmenter = SemanticSegmenter(PixelFeaturizer(), load_head(run.url("stego", "head.pt")))
     no_crf = {}

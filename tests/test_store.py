@@ -69,25 +69,46 @@ def test_dtype_rule(tmp_path: Path) -> None:
     assert store.read_array("g", "global64").dtype == np.float64
 
 
-def test_chunks_split_rows(tmp_path: Path) -> None:
+def test_chunks_hold_whole_rows_and_shards_pack_them(tmp_path: Path) -> None:
     import zarr
 
     from u2seg_core.store import feature_store
 
     store = FeatureStore(str(tmp_path))
-    big = np.zeros((6, 1024, 1024), np.float16)  # 2 MiB per row
-    store.write_shard("g", "s", {"big": big, "ids": np.arange(6)})
-    chunks = zarr.open_array(store.store, path="g/s/big", mode="r").chunks
-    assert chunks == (feature_store.CHUNK_BYTES // (2 * 1024 * 1024), 1024, 1024)
+    big = np.ones((6, 1024, 1024), np.float16)  # 2 MiB per row: one row per chunk
+    small = np.zeros((5000, 64), np.float16)  # 128 B per row: 8192 rows per chunk, so one chunk
+    store.write_shard("g", "s", {"big": big, "small": small, "ids": np.arange(6)})
+    stored = zarr.open_array(store.store, path="g/s/big", mode="r")
+    assert stored.chunks == (1, 1024, 1024) and stored.shards == (6, 1024, 1024)
+    assert zarr.open_array(store.store, path="g/s/small", mode="r").shards is None
+    assert feature_store.array_layout((6, 1024, 1024), np.float16)["chunks"] == (1, 1024, 1024)
+    assert sorted(p.name for p in (tmp_path / "g" / "s" / "big").rglob("*") if p.is_file()) == ["0", "zarr.json"]
 
 
 def test_incomplete_shard_is_not_a_shard(tmp_path: Path) -> None:
     store = FeatureStore(str(tmp_path))
+    store.write_shard("features", "shard-00001", sample_arrays(2))
     with pytest.raises(RuntimeError, match="killed"):
         with store.shard_writer("features", "shard-00001", attrs={"backbone": "pixel"}) as writer:
             writer.append(sample_arrays(3))
             raise RuntimeError("writer killed")
-    assert (tmp_path / "features" / "shard-00001" / "tokens").exists()
+    assert not store.has_shard("features", "shard-00001")  # the old version is gone, the new one never completed
+    with pytest.raises(MissingShardError, match="shard-00001 is missing"):
+        store.read("features", "shard-00001", "tokens")
+
+
+def test_writer_killed_before_the_group_metadata_leaves_an_incomplete_shard(tmp_path: Path, monkeypatch) -> None:
+    from u2seg_core import storage
+
+    store = FeatureStore(str(tmp_path))
+
+    def killed(url: str, data: bytes) -> None:
+        raise OSError("killed while writing " + url)
+
+    monkeypatch.setattr(storage, "atomic_write_bytes", killed)
+    with pytest.raises(OSError, match="killed"):
+        store.write_shard("features", "shard-00001", sample_arrays(3))
+    assert (tmp_path / "features" / "shard-00001" / "tokens" / "zarr.json").exists()
     assert not store.has_shard("features", "shard-00001")
     with pytest.raises(MissingShardError, match="shard-00001 is incomplete"):
         store.read("features", "shard-00001", "tokens")
@@ -117,6 +138,21 @@ def test_streaming_writer_appends_batches(tmp_path: Path) -> None:
         with store.shard_writer("features", "shard-00002") as writer:
             writer.append({"a": np.zeros(2)})
             writer.append({"b": np.zeros(2)})
+    with pytest.raises(ValueError, match="after rows of"):
+        with store.shard_writer("features", "shard-00002") as writer:
+            writer.append({"a": np.zeros((2, 3))})
+            writer.append({"a": np.zeros((2, 4))})
+    assert not store.has_shard("features", "shard-00002")
+
+
+def test_read_rows_any_order(tmp_path: Path) -> None:
+    store = FeatureStore(str(tmp_path))
+    arrays = sample_arrays(4, n=9)
+    store.write_shard("features", "shard-00000", arrays)
+    rows = np.array([7, 0, 7, 3])
+    got = store.read_rows("features", "shard-00000", "image_ids", rows)
+    np.testing.assert_array_equal(got, arrays["image_ids"][rows])
+    assert store.read_rows("features", "shard-00000", "tokens", np.zeros(0, np.int64)).shape == (0, 6, 3, 4)
 
 
 def test_iter_shards_order_and_missing_shard(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from tasks.retry import is_transient_error
 from u2seg_core import storage
 from u2seg_core.config import PipelineConfig
 from u2seg_core.manifest import ImageRecord, ShardManifest, ShardResult, StageManifest
-from u2seg_core.pipeline import STAGES, ShardFailedError, StageSpec
+from u2seg_core.registry import STAGES, StageSpec
+from u2seg_core.steps import ShardFailedError
 from u2seg_core.rundir import RunDir
 
 CALLS: list[str] = []
@@ -72,7 +73,7 @@ def toy_run(tmp_path, monkeypatch):
     for shard in shards:
         storage.write_json(run.shard_manifest_url(shard.shard_index), shard.model_dump(mode="json"))
     plan = StageManifest(stage="plan", stage_version="1", code_version="test", config={}, config_hash="",
-                         summary={"n_shards": 2, "shard_hashes": [s.hash for s in shards]})
+                         summary={"n_shards": 2, "shards": [[s.shard_index, s.hash] for s in shards]})
     storage.write_json(run.stage_manifest_url("plan"), plan.model_dump(mode="json"))
     CALLS.clear()
     ERRORS.clear()

@@ -16,17 +16,19 @@ from .storage import hash_json
 class ImageRecord(BaseModel):
     """One input image, as listed by the source."""
 
-    image_id: int = Field(description="global id, 1-based, in sorted source order")
-    file_name: str = Field(description="path relative to the source root (COCO `file_name`)")
+    image_id: int = Field(
+        description="stable id: the COCO id for COCO sources, else derived from `file_name` (io/plan.py)"
+    )
+    file_name: str = Field(description="path relative to the source root (COCO `file_name`): the image identity")
     url: str = Field(description="full local path or URL the image is read from")
     size_bytes: int = -1
-    content_hash: str = Field("", description="sha256 prefix of the file bytes")
+    version: str = Field("", description="what the listing says changes with the bytes: mtime (ns) or ETag")
     width: int | None = None
     height: int | None = None
 
 
 class ShardManifest(BaseModel):
-    """A fixed, deterministic slice of the sorted image list."""
+    """The images of one hash bucket of the source (io/plan.py), sorted by file name."""
 
     shard_index: int
     source: str
@@ -60,8 +62,13 @@ class ShardResult(BaseModel):
     n_failed: int = 0
     failures: list[FailureRecord] = Field(default_factory=list)
     outputs: dict[str, str] = Field(
-        default_factory=dict, description="name -> path relative to the run directory"
+        default_factory=dict, description="name -> file or folder relative to the run directory (this shard's only)"
     )
+    files: dict[str, int] = Field(
+        default_factory=dict,
+        description="every file under `outputs` -> its size in bytes; filled by the step runner, checked on reuse",
+    )
+    digest: str = Field("", description="content hash of the outputs, when the step computes one (plan)")
     counts: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
 
@@ -71,25 +78,39 @@ class ShardResult(BaseModel):
 
     @property
     def hash(self) -> str:
-        """Identity of the outputs for downstream cache keys (timings and counts excluded, so a
-        recomputed shard with the same outputs keeps its hash)."""
-        data = self.model_dump(mode="json", exclude={"seconds", "cache_key", "counts"})
-        return hash_json(data)
+        """What downstream cache keys see of this shard: its cache key (which covers every input) and result,
+        or, when the step computes a content `digest`, that digest instead of the key (so a touched but
+        unchanged image recomputes nothing downstream). Timings, counts and file sizes are excluded."""
+        exclude = {"seconds", "counts", "files"} | ({"cache_key"} if self.digest else set())
+        return hash_json(self.model_dump(mode="json", exclude=exclude))
 
 
 class GlobalResult(BaseModel):
     """What a global (reduce) step returns: K-means fit, STEGO training, merge finalize, evaluation."""
 
     stage: str
+    cache_key: str = ""
     outputs: dict[str, str] = Field(
-        default_factory=dict, description="name -> path relative to the run directory"
+        default_factory=dict, description="name -> file or folder relative to the run directory"
     )
+    files: dict[str, int] = Field(default_factory=dict, description="as ShardResult.files")
     summary: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="numbers that vary between identical runs (losses under non-deterministic GPU kernels): "
+        "shown with the summary, never hashed",
+    )
+    warnings: list[str] = Field(default_factory=list, description="what the user should know (e.g. K > masks)")
+    digest: str = Field("", description="as ShardResult.digest (plan: which shards exist)")
     seconds: float = 0.0
 
     @property
     def hash(self) -> str:
-        return hash_json(self.model_dump(mode="json", exclude={"seconds"}))
+        """Cache key + outputs + summary (not timings, file sizes, `metrics` or warnings); with a `digest`, the
+        digest and outputs only."""
+        if self.digest:
+            return hash_json([self.stage, self.digest, self.outputs])
+        return hash_json(self.model_dump(mode="json", exclude={"seconds", "files", "metrics", "warnings"}))
 
 
 class StageManifest(BaseModel):
@@ -110,14 +131,19 @@ class StageManifest(BaseModel):
     def failures(self) -> list[FailureRecord]:
         return [f for s in self.shards for f in s.failures]
 
+    def shard_hashes(self) -> dict[str, str]:
+        """shard name -> ShardResult hash."""
+        return {s.shard: s.hash for s in self.shards}
+
     @property
     def hash(self) -> str:
+        """What downstream keys and staleness checks see of the stage. `upstream` is left out: it reaches the
+        hash through the shard and global results' cache keys (except where a content digest replaces them)."""
         return hash_json(
             [
                 self.stage,
                 self.stage_version,
                 self.config_hash,
-                self.upstream,
                 [s.hash for s in self.shards],
                 self.outputs,
                 self.global_result.hash if self.global_result else None,

@@ -14,11 +14,10 @@ Layout (docs/architecture.md keeps the full map):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 from . import storage
 from .manifest import ShardManifest, ShardResult, StageManifest, shard_name
-
-STAGES = ("plan", "features", "maskcut", "cluster", "stego", "merge", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -58,15 +57,30 @@ class RunDir:
     def shard_result_url(self, stage: str, shard: str) -> str:
         return self.url(stage, "_shards", f"{shard}.json")
 
+    def image_output_url(self, stage: str, folder: str, shard: str, image_id: int, suffix: str = ".png") -> str:
+        """Per-image output file, nested by shard so no folder grows with the dataset:
+        `RUN/<stage>/<folder>/<shard>/<image_id><suffix>` (e.g. merge/panoptic/shard-00003/3017.png)."""
+        return self.url(stage, folder, shard, f"{image_id}{suffix}")
+
     # ---- readers -------------------------------------------------------------------------
 
+    def plan_shards(self) -> list[tuple[int, str]]:
+        """(shard index, shard manifest hash) of every shard of the plan, in index order. Indices are hash
+        buckets (io/plan.py): empty buckets have no shard, so indices need not be contiguous."""
+        return [(int(i), h) for i, h in self.stage_manifest("plan").summary["shards"]]
+
+    def iter_shards(self) -> Iterator[ShardManifest]:
+        """The plan's shard manifests in index order, read one at a time (memory flat in the number of images)."""
+        for index, _ in self.plan_shards():
+            yield ShardManifest.model_validate(storage.read_json(self.shard_manifest_url(index)))
+
     def shards(self) -> list[ShardManifest]:
-        """All shard manifests of the plan, in order."""
-        plan = self.stage_manifest("plan")
-        return [
-            ShardManifest.model_validate(storage.read_json(self.shard_manifest_url(i)))
-            for i in range(int(plan.summary["n_shards"]))
-        ]
+        """All shard manifests of the plan at once (small runs and tests; pipeline steps use `iter_shards`)."""
+        return list(self.iter_shards())
+
+    def is_run(self) -> bool:
+        """True when this directory was started by `u2seg run` (it has RUN/run.json)."""
+        return storage.exists(self.run_manifest)
 
     def stage_manifest(self, stage: str) -> StageManifest:
         url = self.stage_manifest_url(stage)

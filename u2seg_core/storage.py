@@ -19,21 +19,33 @@ import fsspec
 from fsspec.core import url_to_fs
 
 _STORAGE_OPTIONS: dict[str, dict[str, Any]] = {}
+_PROTOCOL_OPTIONS: dict[str, dict[str, Any]] = {}
 
 
 def register_storage_options(prefix: str, options: dict[str, Any]) -> None:
-    """Remember fsspec options (e.g. an S3 endpoint) for every URL under `prefix`."""
+    """Remember fsspec options (e.g. an S3 endpoint) for every URL under `prefix` (library use and tests)."""
     _STORAGE_OPTIONS[prefix.rstrip("/")] = dict(options)
 
 
+def configure(protocol_options: dict[str, dict[str, Any]]) -> None:
+    """Options per protocol from the run's `StorageConfig.fsspec_options()`; every step runner calls this in
+    its own process, so Dask workers and later commands use the run's endpoint and profile."""
+    _PROTOCOL_OPTIONS.clear()
+    _PROTOCOL_OPTIONS.update({protocol: dict(opts) for protocol, opts in protocol_options.items()})
+
+
 def storage_options_for(url: str) -> dict[str, Any]:
-    """Options registered for the longest matching prefix of `url`, else from the environment."""
+    """Options registered for the longest matching prefix of `url`, else the configured ones of its protocol,
+    else from the environment (U2SEG_S3_ENDPOINT_URL)."""
     best = ""
     for prefix in _STORAGE_OPTIONS:
         if url.startswith(prefix) and len(prefix) > len(best):
             best = prefix
     if best:
         return dict(_STORAGE_OPTIONS[best])
+    protocol = url.split("://", 1)[0] if "://" in url else ""
+    if protocol in _PROTOCOL_OPTIONS:
+        return dict(_PROTOCOL_OPTIONS[protocol])
     endpoint = os.environ.get("U2SEG_S3_ENDPOINT_URL")
     if url.startswith("s3://") and endpoint:
         return {"client_kwargs": {"endpoint_url": endpoint}}

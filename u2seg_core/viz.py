@@ -20,6 +20,8 @@ from .rundir import RunDir
 GOLDEN_RATIO = 0.618033988749895
 MASK_ALPHA = 0.5
 
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), in pixels
+
 
 def label_colour(label: int) -> tuple[int, int, int]:
     """The palette colour of a positive integer label (saturated, bright, well spread in hue)."""
@@ -36,10 +38,55 @@ def colorize(label_map: np.ndarray) -> np.ndarray:
     return table[inverse.reshape(label_map.shape)]
 
 
+def label_font_size(height: int, width: int) -> int:
+    """Label font size for an (height, width) picture: 1/50 of its longer side, 10 px at least."""
+    return max(10, round(max(height, width) / 50))
+
+
+def label_font(height: int, width: int) -> ImageFont.ImageFont:
+    """The font of mask / segment labels on an (height, width) picture (`label_font_size`)."""
+    return ImageFont.load_default(size=label_font_size(height, width))
+
+
+def boxes_overlap(a: Box, b: Box) -> bool:
+    """Whether two XYXY boxes (exclusive ends) share at least one pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_anchor(
+    mask: np.ndarray, size: tuple[int, int], taken: list[Box], n_candidates: int = 24
+) -> tuple[int, int] | None:
+    """Top-left corner for a (w, h) label inside `mask` that overlaps no box in `taken`, or None.
+
+    Candidates are the mask's points farthest from its border (distance transform on a grid of at most
+    ~256 px), best first; the label's centre must lie in the mask and the box inside the image.
+    """
+    height, width = mask.shape
+    step = max(1, max(height, width) // 256)
+    distance = scipy.ndimage.distance_transform_edt(np.pad(mask[::step, ::step], 1))[1:-1, 1:-1]
+    flat = np.argsort(-distance, axis=None, kind="stable")[: n_candidates * 16 : 16]
+    w, h = size
+    for index in flat:
+        y, x = np.unravel_index(index, distance.shape)
+        if distance[y, x] <= 0:
+            break
+        cx, cy = int(x * step), int(y * step)
+        x0, y0 = min(max(cx - w // 2, 0), width - w), min(max(cy - h // 2, 0), height - h)
+        box = (x0, y0, x0 + w, y0 + h)
+        inside = mask[min(y0 + h // 2, height - 1), min(x0 + w // 2, width - 1)]
+        if inside and x0 >= 0 and y0 >= 0 and not any(boxes_overlap(box, other) for other in taken):
+            return x0, y0
+    return None
+
+
 def _draw(
     rgb: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, int, int]], labels: list[str] | None
 ) -> np.ndarray:
-    """Blend each (H, W) bool mask in its colour, outline it, and write its label at its top-left corner."""
+    """Blend each (H, W) bool mask in its colour, outline it, and write its label inside it.
+
+    Labels go to the deepest free spot of their mask, larger masks first, never over another label; a
+    label that finds no such spot is left out.
+    """
     out = rgb.astype(np.float32).copy()
     height, width = rgb.shape[:2]
     thickness = max(1, round(max(height, width) / 400))
@@ -51,16 +98,59 @@ def _draw(
     image = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     if labels:
         draw = ImageDraw.Draw(image)
-        font = ImageFont.load_default(size=max(10, round(max(height, width) / 50)))
-        for mask, colour, text in zip(masks, colours, labels):
-            ys, xs = np.nonzero(mask)
-            if len(ys) == 0 or not text:
+        font = label_font(height, width)
+        taken: list[Box] = []
+        for i in sorted(range(len(masks)), key=lambda k: -int(masks[k].sum())):
+            text = labels[i]
+            if not text or not masks[i].any():
                 continue
-            x, y = int(xs.min()), int(ys.min())
-            box = draw.textbbox((x, y), text, font=font)
-            draw.rectangle(box, fill=(0, 0, 0))
-            draw.text((x, y), text, fill=colour, font=font)
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            size = (right - left + 2, bottom - top + 2)
+            if size[0] > width or size[1] > height:
+                continue
+            anchor = label_anchor(masks[i], size, taken)
+            if anchor is None:
+                continue
+            x, y = anchor
+            taken.append((x, y, x + size[0], y + size[1]))
+            draw.rectangle((x, y, x + size[0] - 1, y + size[1] - 1), fill=(0, 0, 0))
+            draw.text((x + 1 - left, y + 1 - top), text, fill=colours[i], font=font)
     return np.asarray(image)
+
+
+def title_size(panel: np.ndarray, title: str) -> int:
+    """Font size of a panel's title: the usual label size, shrunk (to 8 px at least) until the title fits."""
+    height, width = panel.shape[:2]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = label_font_size(height, width)
+    while size > 8:
+        left, _, right, _ = probe.textbbox((0, 0), title, font=ImageFont.load_default(size=size))
+        if right - left + 8 <= width:
+            break
+        size -= 1
+    return size
+
+
+def titled(panel: np.ndarray, title: str, size: int | None = None) -> np.ndarray:
+    """(H, W, 3) panel with a white title bar on top: (H + bar, W, 3) uint8 (font: `title_size` by default)."""
+    font = ImageFont.load_default(size=size or title_size(panel, title))
+    bar_height = font.size + 8
+    bar = Image.new("RGB", (panel.shape[1], bar_height), (255, 255, 255))
+    ImageDraw.Draw(bar).text((4, 4), title, fill=(0, 0, 0), font=font)
+    return np.concatenate([np.asarray(bar), panel], axis=0)
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], gap: int = 8) -> np.ndarray:
+    """Titled panels in a row (one title font for all), white gaps between: (H + bar, sum W + gaps, 3) uint8."""
+    size = min(title_size(panel, title) for title, panel in panels)
+    shown = [titled(panel, title, size) for title, panel in panels]
+    height = max(p.shape[0] for p in shown)
+    row = []
+    for i, panel in enumerate(shown):
+        if i:
+            row.append(np.full((height, gap, 3), 255, np.uint8))
+        row.append(np.pad(panel, ((0, height - panel.shape[0]), (0, 0), (0, 0)), constant_values=255))
+    return np.concatenate(row, axis=1)
 
 
 def overlay_instances(rgb: np.ndarray, masks: np.ndarray, labels: list[str] | None = None) -> np.ndarray:
@@ -99,7 +189,7 @@ def show_image_masks(run: RunDir, image_id: int, out_png: str, max_side: int | N
     """
     from .maskcut.stage import MAX_MASKS_PER_IMAGE, instances_path
 
-    for shard in run.shards():
+    for shard in run.iter_shards():
         record = next((r for r in shard.images if r.image_id == image_id), None)
         if record is not None:
             break

@@ -12,7 +12,7 @@ from .pixel import PixelFeaturizer
 from .vit import DinoViT
 from .weights import resolve_weights
 
-_CACHE: dict[tuple[str, str, str, bool], Backbone] = {}
+_CACHE: dict[tuple[str, str, str, bool, str], Backbone] = {}
 _LOCK = threading.Lock()
 
 
@@ -29,14 +29,14 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
         source = "random"
     else:
         source = str(resolve_weights(cfg.arch, cfg.weights).resolve())
-    key = (cfg.arch, source, str(device), cfg.amp)
+    key = (cfg.arch, source, str(device), cfg.amp, cfg.keys_precision)
     with _LOCK:
         if key not in _CACHE:
             if cfg.arch == "pixel":
                 _CACHE[key] = PixelFeaturizer(device)
             else:
                 path = None if source == "random" else Path(source)
-                _CACHE[key] = DinoViT.from_checkpoint(cfg.arch, path, device, cfg.amp)
+                _CACHE[key] = DinoViT.from_checkpoint(cfg.arch, path, device, cfg.amp, cfg.keys_precision)
         return _CACHE[key]
 
 

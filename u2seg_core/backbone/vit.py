@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
@@ -23,6 +24,7 @@ TIMM_NAMES: dict[str, str] = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
+KeysPrecision = Literal["amp", "fp32_last_block", "fp32"]
 
 
 def interpolate_pos_embed(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -68,9 +70,24 @@ class DinoViT(Backbone):
     norm) so that requesting only "keys" stops after the last block's qkv projection: no attention,
     no MLP, no final norm. The keys of a full pass come from a forward hook on the last qkv layer,
     registered once; it stores into thread-local state so one cached model can serve several threads.
+
+    `keys_precision` (`BackboneConfig.keys_precision`): under bf16 autocast the keys come out of the
+    last qkv projection rounded to bf16 (8 mantissa bits) before MaskCut thresholds their cosines.
+    'fp32_last_block' computes the last block's norm1 and key projection in float32 from the float32
+    residual stream (earlier blocks stay in bf16); 'fp32' runs the whole pass in float32 whenever keys
+    are asked for. `amp_on_cpu` turns on CPU bf16 autocast (benchmarks only; CPU runs are float32).
     """
 
-    def __init__(self, arch: str, model: timm.models.VisionTransformer, device: torch.device, amp: bool = True):
+    amp_on_cpu: bool = False
+
+    def __init__(
+        self,
+        arch: str,
+        model: timm.models.VisionTransformer,
+        device: torch.device,
+        amp: bool = True,
+        keys_precision: KeysPrecision = "amp",
+    ):
         super().__init__()
         self.arch = arch
         self.model = model.eval().requires_grad_(False).to(device)
@@ -79,6 +96,7 @@ class DinoViT(Backbone):
         self.cls_dim = self.embed_dim
         self.device = device
         self.amp = amp
+        self.keys_precision = keys_precision
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
@@ -86,7 +104,9 @@ class DinoViT(Backbone):
         self.model.blocks[-1].attn.qkv.register_forward_hook(self._capture_qkv)
 
     @classmethod
-    def from_checkpoint(cls, arch: str, path: Path | None, device: torch.device, amp: bool = True) -> "DinoViT":
+    def from_checkpoint(
+        cls, arch: str, path: Path | None, device: torch.device, amp: bool = True, keys_precision: KeysPrecision = "amp"
+    ) -> "DinoViT":
         """Build `arch` with the weights in `path` (loaded strictly), or seeded random weights when None."""
         model = create_vit(arch)
         if path is not None:
@@ -95,7 +115,7 @@ class DinoViT(Backbone):
                 model.load_state_dict(state, strict=True)
             except RuntimeError as err:
                 raise ValueError(f"checkpoint {path} does not fit {arch} (wrong file for this arch?): {err}") from err
-        return cls(arch, model, device, amp)
+        return cls(arch, model, device, amp, keys_precision)
 
     def _capture_qkv(self, module: torch.nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:
         self._captured.qkv = output
@@ -106,9 +126,17 @@ class DinoViT(Backbone):
             self._pos_cache[grid] = interpolate_pos_embed(self.model.pos_embed.float(), grid)
         return self._pos_cache[grid]
 
-    def _autocast(self) -> torch.autocast:
-        enabled = self.amp and self.device.type == "cuda"
+    def _autocast(self, enabled: bool = True) -> torch.autocast:
+        enabled = enabled and self.amp and (self.device.type == "cuda" or self.amp_on_cpu)
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _fp32_keys(self, tokens: Tensor) -> Tensor:
+        """(B, T, D) residual stream entering the last block -> (B, T, D) float32 keys (norm1 + key projection)."""
+        attn = self.model.blocks[-1].attn
+        d = self.embed_dim
+        with self._autocast(enabled=False):
+            normed = self.model.blocks[-1].norm1(tokens.float())
+            return F.linear(normed, attn.qkv.weight[d : 2 * d].float(), attn.qkv.bias[d : 2 * d].float())
 
     @torch.no_grad()
     def forward(self, pixels: Tensor, outputs: frozenset[str] = ALL_OUTPUTS) -> BackboneOutput:
@@ -117,22 +145,28 @@ class DinoViT(Backbone):
         x = (self.to_unit_float(pixels) - self.mean) / self.std
         batch, grid = x.shape[0], (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
         last = self.model.blocks[-1]
-        with self._autocast():
+        precision = self.keys_precision if "keys" in outputs else "amp"
+        keys = None
+        with self._autocast(enabled=precision != "fp32"):
             tokens = self.model.patch_embed.proj(x).flatten(2).transpose(1, 2)
             tokens = torch.cat([self.model.cls_token.expand(batch, -1, -1), tokens], dim=1)
             tokens = self.model.pos_drop(tokens + self.pos_embed(grid))
             for block in self.model.blocks[:-1]:
                 tokens = block(tokens)
+            if precision == "fp32_last_block":
+                keys = self._fp32_keys(tokens)
             if outputs == {"keys"}:
-                qkv = last.attn.qkv(last.norm1(tokens))
                 final = None
+                if keys is None:
+                    keys = last.attn.qkv(last.norm1(tokens))[..., self.embed_dim : 2 * self.embed_dim]
             else:
                 final = self.model.norm(last(tokens))
-                qkv = self._captured.qkv
+                if keys is None:
+                    keys = self._captured.qkv[..., self.embed_dim : 2 * self.embed_dim]
             self._captured.qkv = None
         result = BackboneOutput()
         if "keys" in outputs:
-            result.keys = self._to_map(qkv[:, 1:, self.embed_dim : 2 * self.embed_dim], grid)
+            result.keys = self._to_map(keys[:, 1:], grid)
         if final is not None and "tokens" in outputs:
             result.tokens = self._to_map(final[:, 1:], grid)
         if final is not None and "cls" in outputs:

@@ -1,6 +1,7 @@
 """Where DINO checkpoints come from, and how their state dicts are read.
 
-Search order of `resolve_weights`: the explicit path, `$U2SEG_WEIGHTS/<file>`, the torch hub cache
+Search order of `resolve_weights` (and of `find_weights`, used for every other weights file): the explicit
+path, `$U2SEG_WEIGHTS/<file>` (for detector checkpoints also `$U2SEG_WEIGHTS` naming the file), the torch hub cache
 (`torch.hub.get_dir()/checkpoints/<file>`), then a download into the hub cache from
 `https://dl.fbaipublicfiles.com/dino/<folder>/<file>` -- only when the server answers a short probe
 and `U2SEG_OFFLINE` is not set (the test suite sets it).
@@ -47,30 +48,50 @@ def hub_checkpoint_dir() -> Path:
 
 def resolve_weights(arch: str, explicit: str | None = None) -> Path:
     """Local path of the DINO checkpoint for `arch` (downloading it only when online)."""
-    file = weights_file(arch)
+    return find_weights(
+        weights_file(arch),
+        explicit,
+        setting="BackboneConfig.weights (features.backbone.weights / maskcut.backbone.weights)",
+        what=f"DINO weights for {arch}",
+        download_url=weights_url(arch),
+    )
+
+
+def find_weights(
+    file: str, explicit: str | None, *, setting: str, what: str, download_url: str | None = None,
+    where_to_get: str | None = None, env_may_be_file: bool = False,
+) -> Path:
+    """Local path of the weights file `file`: `explicit`, then `$U2SEG_WEIGHTS/<file>` (or `$U2SEG_WEIGHTS`
+    itself when `env_may_be_file` and it is a file), then the torch hub cache, then (if `download_url` and
+    online) a download into the hub cache.
+
+    The error names every place looked in, where to get the file and the config `setting` to point at it.
+    """
+    source = where_to_get or download_url or "its publisher"
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(
-                f"BackboneConfig.weights = '{explicit}' does not exist; point it at {file} "
-                f"(from {weights_url(arch)}) or leave it unset to search $U2SEG_WEIGHTS and {hub_checkpoint_dir()}"
+                f"{setting} = '{explicit}' does not exist; point it at {file} "
+                f"(from {source}) or leave it unset to search $U2SEG_WEIGHTS and {hub_checkpoint_dir()}"
             )
         return path
     candidates = []
     if os.environ.get("U2SEG_WEIGHTS"):
-        candidates.append(Path(os.environ["U2SEG_WEIGHTS"]).expanduser() / file)
+        env = Path(os.environ["U2SEG_WEIGHTS"]).expanduser()
+        candidates.append(env if env_may_be_file and env.is_file() else env / file)
     candidates.append(hub_checkpoint_dir() / file)
     for path in candidates:
         if path.is_file():
             return path
     target = hub_checkpoint_dir() / file
-    if _download(weights_url(arch), target):
+    if download_url is not None and _download(download_url, target):
         return target
     raise WeightsNotFoundError(
-        f"DINO weights '{file}' for {arch} not found (looked in: {', '.join(str(p) for p in candidates)}) "
-        f"and could not be downloaded (offline, or $U2SEG_OFFLINE is set). Download {weights_url(arch)} and put "
-        f"it in the folder named by $U2SEG_WEIGHTS or in {hub_checkpoint_dir()}, or set BackboneConfig.weights "
-        "(features.backbone.weights / maskcut.backbone.weights) to its path."
+        f"{what} '{file}' not found (looked in: {', '.join(str(p) for p in candidates)})"
+        + (" and could not be downloaded (offline, or $U2SEG_OFFLINE is set)" if download_url else "")
+        + f". Download it from {source} and put it in the folder named by $U2SEG_WEIGHTS or in "
+        f"{hub_checkpoint_dir()}, or set {setting} to its path."
     )
 
 

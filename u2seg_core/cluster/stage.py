@@ -19,9 +19,10 @@ import numpy as np
 
 from .. import storage
 from ..config import ClusterConfig, PipelineConfig
-from ..manifest import FailureRecord, GlobalResult, ShardManifest, ShardResult
+from ..manifest import FailureRecord, GlobalResult, ShardManifest, ShardResult, shard_name
 from ..rundir import RunDir
 from ..store import FeatureStore
+from ..store.feature_store import read_rows
 from .kmeans import assign, kmeans_fit, sample_indices
 
 STAGE = "cluster"
@@ -40,8 +41,9 @@ def fit_centroids(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
     start = time.perf_counter()
     params = cfg.cluster
     store = FeatureStore(run.store)
-    shards = [shard.name for shard in run.shards()]
-    sizes = [len(ids) for _, ids in store.iter_shards(SOURCE_GROUP, "ann_ids", shards)]
+    shards = [shard_name(index) for index, _ in run.plan_shards()]
+    # row counts from the arrays' metadata (one small GET per shard: the consolidated shard group)
+    sizes = [store.open_array(SOURCE_GROUP, shard, "ann_ids").shape[0] for shard in shards]
     n_points = sum(sizes)
     if n_points == 0:
         raise ValueError(f"MaskCut found no masks in any of the {len(shards)} shards of {run.root}; nothing to cluster")
@@ -59,23 +61,29 @@ def fit_centroids(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
     )
     store.write_array(GROUP, CENTROIDS, centroids, attrs=centroid_attrs(params, n_points))
     summary: dict[str, Any] = {**stats, "n_points": n_points, "n_nonfinite_in_sample": int((~finite).sum())}
+    warnings = [
+        f"cluster.k={params.k} is more than the {n_points} MaskCut masks of the run: at least "
+        f"{params.k - n_points} clusters stay empty; lower cluster.k or add images"
+    ] if params.k > n_points else []
     return GlobalResult(
         stage=STAGE,
         outputs={CENTROIDS: run.rel(storage.join(run.store, GROUP, CENTROIDS))},
         summary=summary,
+        warnings=warnings,
         seconds=time.perf_counter() - start,
     )
 
 
 def gather_rows(store: FeatureStore, shards: list[str], sizes: list[int], rows: np.ndarray) -> np.ndarray:
-    """(len(rows), D) float32 embeddings at sorted global `rows`, streamed shard by shard."""
+    """(len(rows), D) float32 embeddings at sorted global `rows`, shard by shard (only their chunks are read)."""
     parts = []
     offset = 0
-    for (shard, embeddings), size in zip(store.iter_shards(SOURCE_GROUP, "embeddings", shards), sizes):
-        if len(embeddings) != size:
-            raise ValueError(f"maskcut/{shard}: {len(embeddings)} embeddings but {size} ann_ids; re-run maskcut")
+    for shard, size in zip(shards, sizes):
+        embeddings = store.open_array(SOURCE_GROUP, shard, "embeddings")
+        if embeddings.shape[0] != size:
+            raise ValueError(f"maskcut/{shard}: {embeddings.shape[0]} embeddings but {size} ann_ids; re-run maskcut")
         lo, hi = np.searchsorted(rows, [offset, offset + size])
-        parts.append(np.asarray(embeddings[rows[lo:hi] - offset], dtype=np.float32))
+        parts.append(np.asarray(read_rows(embeddings, rows[lo:hi] - offset), dtype=np.float32))
         offset += size
     return np.concatenate(parts)
 

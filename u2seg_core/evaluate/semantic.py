@@ -45,9 +45,25 @@ def hungarian_mapping(confusion: np.ndarray) -> np.ndarray:
 
 def majority_mapping(confusion: np.ndarray) -> np.ndarray:
     """(n_pred,) many-to-one mapping: each cluster -> its most frequent class; -1 for empty clusters."""
-    mapping = confusion.argmax(axis=1).astype(np.int64)
+    if confusion.shape[1] == 0:
+        return np.full(confusion.shape[0], -1, np.int64)
+    mapping = confusion.argmax(axis=1).astype(np.int64)  # first on ties
     mapping[confusion.sum(axis=1) == 0] = -1
     return mapping
+
+
+def _mapped_confusion(confusion: np.ndarray, mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confusion as int64 (n_pred, n_gt), mapped (n_gt, n_gt)): mapped[c, g] = pixels of ground truth g predicted
+    with a cluster mapped to class c; clusters mapped to -1 are left out of `mapped`."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    mapping = np.asarray(mapping, dtype=np.int64)
+    n_pred, n_gt = confusion.shape
+    if mapping.shape != (n_pred,):
+        raise ValueError(f"mapping must have shape ({n_pred},), got {mapping.shape}")
+    matched = mapping >= 0
+    mapped = np.zeros((n_gt, n_gt), dtype=np.int64)
+    np.add.at(mapped, mapping[matched], confusion[matched])
+    return confusion, mapped
 
 
 def semantic_scores(confusion: np.ndarray, mapping: np.ndarray) -> dict[str, Any]:
@@ -57,15 +73,7 @@ def semantic_scores(confusion: np.ndarray, mapping: np.ndarray) -> dict[str, Any
     Pixels of unmatched clusters (mapping -1) are errors. A class absent from both ground truth and
     (mapped) predictions has IoU None and is left out of the mean.
     """
-    confusion = np.asarray(confusion, dtype=np.int64)
-    mapping = np.asarray(mapping, dtype=np.int64)
-    n_pred, n_gt = confusion.shape
-    if mapping.shape != (n_pred,):
-        raise ValueError(f"mapping must have shape ({n_pred},), got {mapping.shape}")
-    matched = mapping >= 0
-    # mapped[c_pred, c_gt]: pixels predicted as class c_pred (after mapping) with ground truth c_gt
-    mapped = np.zeros((n_gt, n_gt), dtype=np.int64)
-    np.add.at(mapped, mapping[matched], confusion[matched])
+    confusion, mapped = _mapped_confusion(confusion, mapping)
     tp = np.diag(mapped).astype(np.float64)
     gt_total = confusion.sum(axis=0).astype(np.float64)
     pred_total = mapped.sum(axis=1).astype(np.float64)
@@ -79,4 +87,36 @@ def semantic_scores(confusion: np.ndarray, mapping: np.ndarray) -> dict[str, Any
         "pixel_accuracy": float(tp.sum() / total * 100) if total > 0 else math.nan,
         "per_class_iou": [float(v * 100) if not np.isnan(v) else None for v in iou],
         "n_pixels": int(total),
+    }
+
+
+def u2seg_semantic_scores(confusion: np.ndarray, mapping: np.ndarray) -> dict[str, Any]:
+    """U2Seg's SemSegEvaluator scores (x100) after mapping: mIoU, fwIoU, mACC, pACC, per-class IoU.
+
+    confusion: (n_pred, n_gt) pixels of (predicted label, ground-truth label), ignore pixels left out;
+    mapping: (n_pred,) ground-truth label of each predicted label, -1 = unmapped. As in U2Seg, pixels
+    predicted with an unmapped label (its class 16) are left out of every metric, not counted as errors;
+    `n_pixels_unmapped` says how many. Predictions applied all at once (U2Seg remaps label by label in
+    place, which can chain two mappings; that is a bug we do not copy).
+    """
+    confusion, mapped = _mapped_confusion(confusion, mapping)
+    matched = np.asarray(mapping) >= 0
+    tp = np.diag(mapped).astype(np.float64)
+    pos_gt = mapped.sum(axis=0).astype(np.float64)
+    pos_pred = mapped.sum(axis=1).astype(np.float64)
+    union = pos_gt + pos_pred - tp
+    acc_valid = pos_gt > 0
+    iou_valid = acc_valid & (union > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = np.where(acc_valid, tp / pos_gt, np.nan)
+        iou = np.where(iou_valid, tp / union, np.nan)
+    total = pos_gt.sum()
+    return {
+        "miou": float(np.nanmean(iou[iou_valid]) * 100) if iou_valid.any() else math.nan,
+        "fwiou": float(np.sum(iou[iou_valid] * pos_gt[iou_valid] / total) * 100) if total > 0 else math.nan,
+        "macc": float(np.nanmean(acc[acc_valid]) * 100) if acc_valid.any() else math.nan,
+        "pixel_accuracy": float(tp.sum() / total * 100) if total > 0 else math.nan,
+        "per_class_iou": [float(v * 100) if not np.isnan(v) else None for v in iou],
+        "n_pixels": int(total),
+        "n_pixels_unmapped": int(confusion[~matched].sum()),
     }

@@ -1,403 +1,289 @@
-"""Evaluate stage: pseudo-labels (or any COCO-panoptic predictions) against ground truth.
+"""Evaluate stage: prediction sets against ground truth, as a fan-out over shards then a small reduce.
 
-Ground truth is a folder in the synthetic-dataset layout (docs/architecture.md):
-`annotations/panoptic.json` + `panoptic/` PNGs (required), `annotations/instances.json` (for AP),
-`images/` (for overlays). Its semantic labels are derived from the panoptic ground truth (things
-as one class 0, stuff 1..S in category order, VOID 255), the same as its `semantic/` PNGs.
+    evaluate_shard (per shard)   evidence.shard_evidence -> RUN/evaluate/shards/<shard>.npz
+    evaluate_run   (global)      reduce.* over those files -> RUN/evaluate/report.{json,md}, confusion.png,
+                                 overlays/<shard>/<image_id>.png
 
-One pass over the images keeps per-image overlap tables and semantic confusions; cluster-to-class
-mapping, PQ, mIoU and AP all follow from them. Writes `report.json`, `report.md`,
-`confusion.png` and `overlays/<image_id>.png` under the output folder.
+`evaluate.predictions` names the prediction sets (default {"pseudo-labels": "merge"}); each gets one report
+row per protocol. Ground truth: `evaluate.ground_truth` in `evaluate.gt_format`, else the run's synthetic
+dataset, else none: then the report holds pseudo-label statistics (segments per image, cluster sizes, stuff
+coverage) and overlays, and says that no ground truth was given.
+
+`evaluate_predictions` is the same two steps outside a run (`u2seg evaluate --predictions DIR`), with the
+shards spread over worker processes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Iterator
 
 import numpy as np
 
 from .. import storage
-from ..coco import rgb2id
 from ..config import EvaluateConfig, PipelineConfig
-from ..io.decode import load_rgb
-from ..manifest import GlobalResult
-from ..merge.panoptic import segment_labels
+from ..manifest import GlobalResult, ShardManifest, ShardResult, shard_name
 from ..rundir import RunDir
-from .ap import coco_ap, coco_from_dict
-from .matching import (
-    CategoryLayout,
-    apply_mapping,
-    box_vote_evidence,
-    category_mapping,
-    evidence_mapping,
-    map_detections,
-    segment_match_evidence,
-    semantic_vote_evidence,
-)
-from .pq import VOID, PanopticOverlap, panoptic_overlap, pq_compute
-from .report import overlay_pair, write_report
-from .semantic import confusion_matrix, semantic_scores
+from ..train.holdout import is_held_out
+from .datasets import GroundTruth, load_ground_truth
+from .evidence import LabelSpace, SetEvidence, read_evidence, shard_evidence, write_evidence
+from .predictions import PredictionSet, open_prediction_set
+from .reduce import fit, instance_result, mapping_summary, panoptic_result, semantic_result, sum_evidence
+from .report import write_overlays, write_report
 
 STAGE = "evaluate"
-GT_LAYOUT = "annotations/panoptic.json + panoptic/*.png (+ annotations/instances.json for AP), as `u2seg synth` writes"
 
 
-def read_segment_ids(url: str) -> np.ndarray:
-    """(H, W) int32 segment ids of a COCO panoptic PNG."""
-    rgb = storage.read_png(url)
-    if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ValueError(f"{url} is not an RGB panoptic PNG (shape {rgb.shape})")
-    return rgb2id(rgb[..., :3])
+def evaluate_upstream(cfg: PipelineConfig) -> tuple[str, ...]:
+    """The run stages the configured prediction sets read (folders outside the run are no upstream)."""
+    from ..registry import STAGES
+
+    return tuple(dict.fromkeys(w for w in cfg.evaluate.predictions.values() if w in STAGES))
 
 
-def ground_truth_paths(gt_dir: str) -> dict[str, str]:
-    paths = {
-        "panoptic_json": storage.join(gt_dir, "annotations", "panoptic.json"),
-        "panoptic": storage.join(gt_dir, "panoptic"),
-        "instances_json": storage.join(gt_dir, "annotations", "instances.json"),
-        "images": storage.join(gt_dir, "images"),
-    }
-    if not storage.exists(paths["panoptic_json"]):
-        raise FileNotFoundError(f"ground truth {gt_dir} has no {paths['panoptic_json']}; expected {GT_LAYOUT}")
-    return paths
+def evidence_url(out_dir: str, shard: str) -> str:
+    return storage.join(out_dir, "shards", f"{shard}.npz")
 
 
-def segment_boxes_as_instances(annotations: dict[int, dict[str, Any]], thing_ids: set[int]) -> list[dict[str, Any]]:
-    """Score-1 box instances from panoptic thing segments: the box votes' input when there is no
-    instances file."""
-    return [
-        {
-            "image_id": image_id,
-            "category_id": s["category_id"],
-            "bbox": s["bbox"],
-            "score": 1.0,
-            "iscrowd": s.get("iscrowd", 0),
-        }
-        for image_id, ann in annotations.items()
-        for s in ann["segments_info"]
-        if s["category_id"] in thing_ids and s.get("bbox")
-    ]
+def run_ground_truth(run: RunDir | None, cfg: EvaluateConfig) -> GroundTruth | None:
+    """The configured ground truth, else the run's synthetic dataset, else None (statistics only)."""
+    if cfg.ground_truth is not None:
+        return load_ground_truth(cfg.gt_format, cfg.ground_truth, cfg.split)
+    if run is not None and storage.exists(run.url("synthetic", "annotations", "panoptic.json")):
+        return load_ground_truth("synthetic", run.url("synthetic"), None)
+    return None
 
 
-@dataclass
-class ImageScores:
-    """What one pass over the images leaves: PQ overlap tables and semantic confusions.
-
-    confusion: (S_pred + 2, S_gt + 1) pixels; predicted labels 0 things, 1..S_pred stuff,
-    S_pred + 1 VOID (always an error); ground-truth labels 0 things, 1..S_gt stuff.
-    """
-
-    overlaps: list[PanopticOverlap]
-    confusion: np.ndarray
-    image_confusions: list[np.ndarray]
-    failures: list[dict[str, Any]]
-    n_missing: int
+def open_sets(predictions: dict[str, str], run: RunDir | None, cfg: PipelineConfig | None) -> list[PredictionSet]:
+    return [open_prediction_set(name, where, run, cfg) for name, where in predictions.items()]
 
 
-def score_images(
-    gt_paths: dict[str, str],
-    gt_annotations: dict[int, dict[str, Any]],
-    pred_annotations: dict[int, dict[str, Any]],
-    pred_panoptic_dir: str,
-    gt_layout: CategoryLayout,
-    pred_layout: CategoryLayout,
-    keep_image_confusions: bool,
-) -> ImageScores:
-    """Read every ground-truth image's panoptic PNG and its prediction once; a missing or unreadable
-    prediction is scored as all VOID (and recorded), never skipped."""
-    n_pred_labels = len(pred_layout.stuff_ids) + 2
-    if n_pred_labels > 255:
-        raise ValueError(f"predictions have {len(pred_layout.stuff_ids)} stuff categories; at most 253 are supported")
-    n_gt_labels = len(gt_layout.stuff_ids) + 1
-    scores = ImageScores([], np.zeros((n_pred_labels, n_gt_labels), dtype=np.int64), [], [], 0)
-    for image_id in sorted(gt_annotations):
-        gt_ann = gt_annotations[image_id]
-        gt_ids = read_segment_ids(storage.join(gt_paths["panoptic"], gt_ann["file_name"]))
-        pred_ids, pred_segments = np.zeros_like(gt_ids), []
-        pred_ann = pred_annotations.get(image_id)
-        scores.n_missing += pred_ann is None
-        if pred_ann is not None:
-            try:
-                ids = read_segment_ids(storage.join(pred_panoptic_dir, pred_ann["file_name"]))
-                panoptic_overlap(image_id, gt_ids, gt_ann["segments_info"], ids, pred_ann["segments_info"])
-                pred_ids, pred_segments = ids, pred_ann["segments_info"]
-            except (ValueError, OSError) as exc:
-                scores.failures.append({"image_id": image_id, "reason": str(exc)})
-        scores.overlaps.append(panoptic_overlap(image_id, gt_ids, gt_ann["segments_info"], pred_ids, pred_segments))
-        gt_labels = segment_labels(gt_ids, gt_ann["segments_info"], gt_layout.semantic_label)
-        pred_labels = segment_labels(pred_ids, pred_segments, pred_layout.semantic_label, void_label=n_pred_labels - 1)
-        image_confusion = confusion_matrix(pred_labels, gt_labels, n_pred_labels, n_gt_labels)
-        scores.confusion += image_confusion
-        if keep_image_confusions:
-            scores.image_confusions.append(image_confusion)
-    return scores
-
-
-@dataclass
-class Mapping:
-    """Cluster-to-class mapping: evidence matrices' row -> column maps and the category maps."""
-
-    thing_evidence: np.ndarray
-    thing_rows: np.ndarray
-    stuff_rows: np.ndarray
-    things: dict[int, int]
-    stuff: dict[int, int]
-
-
-def fit_mapping(
-    cfg: EvaluateConfig,
-    scores: ImageScores,
-    gt_layout: CategoryLayout,
-    pred_layout: CategoryLayout,
-    pred_instances: list[dict[str, Any]] | None,
-    gt_instances: list[dict[str, Any]] | None,
-    pred_annotations: dict[int, dict[str, Any]],
-    gt_annotations: dict[int, dict[str, Any]],
-) -> Mapping:
-    """Map predicted thing clusters and stuff classes to ground-truth categories (`cfg.matching`).
-
-    Box votes use the instance files when given, else the panoptic segments' boxes.
-    """
-    if cfg.matching == "hungarian":
-        thing_evidence = segment_match_evidence(scores.overlaps, pred_layout, gt_layout)
-        stuff_evidence = scores.confusion[1:-1, 1:]
-    else:
-        if pred_instances is None:
-            pred_instances = segment_boxes_as_instances(pred_annotations, set(pred_layout.thing_ids))
-        if gt_instances is None:
-            gt_instances = segment_boxes_as_instances(gt_annotations, set(gt_layout.thing_ids))
-        thing_evidence = box_vote_evidence(
-            pred_instances, gt_instances, pred_layout, gt_layout, cfg.majority_score_min, cfg.majority_box_iou
-        )
-        stuff_evidence = semantic_vote_evidence(scores.image_confusions, cfg.majority_semantic_iou)[1:-1, 1:]
-    thing_rows = evidence_mapping(thing_evidence, cfg.matching)
-    stuff_rows = evidence_mapping(stuff_evidence, cfg.matching)
-    return Mapping(
-        thing_evidence,
-        thing_rows,
-        stuff_rows,
-        category_mapping(thing_rows, pred_layout.thing_ids, gt_layout.thing_ids),
-        category_mapping(stuff_rows, pred_layout.stuff_ids, gt_layout.stuff_ids),
+def compute_shard(
+    gt: GroundTruth | None, sets: list[PredictionSet], shard: str, planned: list[str] | None, cfg: EvaluateConfig,
+    out_dir: str, only_planned: bool = False,
+) -> list[SetEvidence]:
+    """Evidence of one shard, written to `evidence_url(out_dir, shard)` (`only_planned`: images of the sets
+    outside `planned` are not evaluated)."""
+    evidence, _ = shard_evidence(
+        gt, sets, shard, planned, cfg.u2seg_score_min, cfg.u2seg_box_iou, cfg.u2seg_semantic_iou,
+        only_planned=only_planned,
     )
+    write_evidence(evidence_url(out_dir, shard), evidence)
+    return evidence
 
 
-def evaluate_predictions(
-    pred_panoptic_json: str,
-    pred_panoptic_dir: str,
-    pred_instances_json: str | None,
-    gt_dir: str,
-    cfg: EvaluateConfig,
-    out_dir: str,
-    image_urls: dict[int, str] | None = None,
-    image_ids: set[int] | None = None,
-) -> dict[str, Any]:
-    """Score predictions against the ground truth in `gt_dir` and write the report to `out_dir`.
+def evaluated_images(shard: ShardManifest, cfg: PipelineConfig) -> ShardManifest:
+    """The shard's images that are evaluated: all, or the held-out split the detector never trained on."""
+    if cfg.evaluate.images != "held_out":
+        return shard
+    fraction = cfg.train.data.holdout_fraction
+    return shard.model_copy(update={"images": [r for r in shard.images if is_held_out(r.file_name, fraction)]})
 
-    pred_panoptic_json / pred_panoptic_dir: COCO panoptic predictions in their own label space
-    (categories with `isthing`; e.g. clusters 1..K and STEGO classes K+1..K+S); pred_instances_json:
-    class-aware COCO instances with scores in the same thing label space, or None (no AP).
-    image_urls: image_id -> image file for the overlays (default: `gt_dir/images/<file_name>`).
-    image_ids: the images that were processed (default: every ground-truth image); ground-truth
-    images among them without a prediction count as misses, others are not scored.
-    Returns the report dict (also written as report.json); `report["summary"]` has the headline
-    numbers.
-    """
+
+def evaluate_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> ShardResult:
+    """The evaluate stage's shard step."""
     start = time.perf_counter()
-    gt_paths = ground_truth_paths(gt_dir)
-    for url in (pred_panoptic_json, *([pred_instances_json] if pred_instances_json else [])):
-        if not storage.exists(url):
-            raise FileNotFoundError(f"predictions {url} do not exist")
-    gt_doc = storage.read_json(gt_paths["panoptic_json"])
-    pred_doc = storage.read_json(pred_panoptic_json)
-    gt_layout = CategoryLayout.from_categories(gt_doc["categories"])
-    pred_layout = CategoryLayout.from_categories(pred_doc["categories"])
-    gt_annotations = {
-        int(a["image_id"]): a for a in gt_doc["annotations"] if image_ids is None or int(a["image_id"]) in image_ids
-    }
-    pred_annotations = {int(a["image_id"]): a for a in pred_doc["annotations"]}
-    pred_instances = storage.read_json(pred_instances_json)["annotations"] if pred_instances_json else None
-    gt_instances_doc = (
-        storage.read_json(gt_paths["instances_json"]) if storage.exists(gt_paths["instances_json"]) else None
+    gt = run_ground_truth(run, cfg.evaluate)
+    sets = open_sets(cfg.evaluate.predictions, run, cfg)
+    shard = evaluated_images(shard, cfg)
+    evidence = compute_shard(
+        gt, sets, shard.name, [r.file_name for r in shard.images], cfg.evaluate, run.url(STAGE),
+        only_planned=cfg.evaluate.images == "held_out",
     )
-
-    scores = score_images(
-        gt_paths, gt_annotations, pred_annotations, pred_panoptic_dir, gt_layout, pred_layout,
-        keep_image_confusions=cfg.matching == "majority",
-    )
-    mapping = fit_mapping(
-        cfg, scores, gt_layout, pred_layout, pred_instances,
-        gt_instances_doc["annotations"] if gt_instances_doc else None, pred_annotations, gt_annotations,
-    )
-    category_map = {**mapping.things, **mapping.stuff}
-    panoptic = pq_compute(
-        [apply_mapping(o, category_map, set(gt_layout.stuff_ids)) for o in scores.overlaps], gt_doc["categories"]
-    )
-    stuff_rows = mapping.stuff_rows
-    label_mapping = np.concatenate([[0], np.where(stuff_rows >= 0, stuff_rows + 1, -1), [-1]]).astype(np.int64)
-    names = {int(c["id"]): c.get("name", str(c["id"])) for c in gt_doc["categories"]}
-    semantic = semantic_scores(scores.confusion, label_mapping)
-    semantic["class_names"] = ["things"] + [names[c] for c in gt_layout.stuff_ids]
-
-    instances: dict[str, Any] = {}
-    n_detections = None
-    if pred_instances is not None and gt_instances_doc is not None:
-        gt_coco = coco_from_dict(gt_instances_doc)
-        scored = set(gt_coco.getImgIds()) & set(gt_annotations)
-        mapped = [d for d in map_detections(pred_instances, mapping.things) if int(d["image_id"]) in scored]
-        instances = {task: coco_ap(gt_coco, mapped, task, sorted(scored)) for task in ("bbox", "segm")}
-        n_detections = {"all": len(pred_instances), "mapped": len(mapped)}
-
-    report: dict[str, Any] = {
-        "ground_truth": gt_dir,
-        "predictions": pred_panoptic_json,
-        "matching": cfg.matching,
-        "n_images": len(gt_annotations),
-        "n_missing_predictions": scores.n_missing,
-        "n_predictions_without_ground_truth": len(set(pred_annotations) - set(gt_annotations)),
-        "failures": scores.failures,
-        "mapping": {
-            "things": {str(p): g for p, g in mapping.things.items()},
-            "stuff": {str(p): g for p, g in mapping.stuff.items()},
-            "n_pred_things": len(pred_layout.thing_ids),
-            "n_mapped_things": len(mapping.things),
-            "n_pred_stuff": len(pred_layout.stuff_ids),
-            "n_mapped_stuff": len(mapping.stuff),
-        },
-        "panoptic": {**panoptic, "per_class": {str(c): row for c, row in panoptic["per_class"].items()}},
-        "semantic": semantic,
-        "instances": instances,
-        "n_detections": n_detections,
-    }
-    report["summary"] = summary(report)
-    files = {int(im["id"]): im["file_name"] for im in gt_doc["images"]}
-    overlay_urls, report["overlay_failures"] = write_overlays(
-        out_dir, cfg.overlays, gt_paths, files, gt_annotations, pred_annotations, pred_panoptic_dir, category_map,
-        names, set(gt_layout.thing_ids), image_urls,
-    )
-    report["seconds"] = time.perf_counter() - start
-    thing_names = [names[c] for c in gt_layout.thing_ids]
-    outputs = write_report(
-        out_dir, report, mapped_semantic_confusion(scores.confusion, label_mapping), mapping.thing_evidence,
-        mapping.thing_rows, thing_names,
-    )
-    report["outputs"] = {**outputs, "overlays": overlay_urls}
-    return report
-
-
-def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers (all x100): PQ/SQ/RQ all/things/stuff, box and mask AP, mIoU, pixel accuracy."""
-    pan = report["panoptic"]
-    out: dict[str, Any] = {}
-    for group, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st")):
-        for metric in ("pq", "sq", "rq"):
-            out[f"{metric.upper()}{suffix}"] = pan[group][metric]
-    out["AP_box"] = report["instances"].get("bbox", {}).get("AP")
-    out["AP50_box"] = report["instances"].get("bbox", {}).get("AP50")
-    out["AP_mask"] = report["instances"].get("segm", {}).get("AP")
-    out["AP50_mask"] = report["instances"].get("segm", {}).get("AP50")
-    out["mIoU"] = report["semantic"]["miou"]
-    out["pixel_accuracy"] = report["semantic"]["pixel_accuracy"]
-    return out
-
-
-def mapped_semantic_confusion(confusion: np.ndarray, label_mapping: np.ndarray) -> np.ndarray:
-    """(n_gt, n_gt + 1) pixels per (ground-truth label, mapped predicted label); last column unmapped."""
-    n_gt = confusion.shape[1]
-    columns = np.where(label_mapping >= 0, label_mapping, n_gt)
-    out = np.zeros((n_gt, n_gt + 1), dtype=np.int64)
-    np.add.at(out.T, columns, confusion)
-    return out
-
-
-def write_overlays(
-    out_dir: str,
-    n: int,
-    gt_paths: dict[str, str],
-    files: dict[int, str],
-    gt_annotations: dict[int, dict[str, Any]],
-    pred_annotations: dict[int, dict[str, Any]],
-    pred_panoptic_dir: str,
-    category_map: dict[int, int],
-    names: dict[int, str],
-    thing_ids: set[int],
-    image_urls: dict[int, str] | None,
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """overlays/<image_id>.png (ground truth | mapped prediction) for the first `n` predicted images.
-
-    files: image_id -> ground-truth image file name (used when `image_urls` lacks the image).
-    Stuff is coloured by category (the same colour on both sides), things by segment.
-
-    Returns the written URLs and {image_id, reason} for overlays that could not be drawn.
-    """
-    written, failed = [], []
-    for image_id in sorted(set(gt_annotations) & set(pred_annotations))[:n]:
-        image_url = (image_urls or {}).get(image_id) or storage.join(gt_paths["images"], files.get(image_id, ""))
-        gt_ann, pred_ann = gt_annotations[image_id], pred_annotations[image_id]
-        gt_segments = [{**s, "isthing": s["category_id"] in thing_ids} for s in gt_ann["segments_info"]]
-        mapped = [
-            {**s, "category_id": category_map[s["category_id"]], "isthing": category_map[s["category_id"]] in thing_ids}
-            for s in pred_ann["segments_info"]
-            if s["category_id"] in category_map
-        ]
-        try:
-            gt_ids = read_segment_ids(storage.join(gt_paths["panoptic"], gt_ann["file_name"]))
-            pred_ids = read_segment_ids(storage.join(pred_panoptic_dir, pred_ann["file_name"]))
-            kept = np.array([s["id"] for s in mapped], dtype=np.int64)
-            pred_ids = np.where(np.isin(pred_ids, kept), pred_ids, VOID)
-            picture = overlay_pair(load_rgb(image_url), gt_ids, gt_segments, pred_ids, mapped, names)
-        except (ValueError, OSError) as exc:  # a missing or unreadable image only costs its overlay
-            failed.append({"image_id": image_id, "reason": f"overlay not drawn: {exc}"})
-            continue
-        url = storage.join(out_dir, "overlays", f"{image_id}.png")
-        storage.write_png(url, picture)
-        written.append(url)
-    return written, failed
-
-
-def evaluate_folder(
-    pred_dir: str, gt_dir: str, cfg: EvaluateConfig | None = None, out_dir: str | None = None
-) -> dict[str, Any]:
-    """`evaluate_predictions` for a prediction folder in the synthetic-dataset layout
-    (annotations/panoptic.json, panoptic/, optional annotations/instances.json); the report goes to
-    `out_dir` (default: `pred_dir/evaluate`)."""
-    instances = storage.join(pred_dir, "annotations", "instances.json")
-    return evaluate_predictions(
-        storage.join(pred_dir, "annotations", "panoptic.json"),
-        storage.join(pred_dir, "panoptic"),
-        instances if storage.exists(instances) else None,
-        gt_dir,
-        cfg or EvaluateConfig(),
-        out_dir or storage.join(pred_dir, "evaluate"),
+    first = evidence[0].counts if evidence else {}
+    return ShardResult(
+        stage=STAGE, shard=shard.name, n_images=len(shard.images),
+        outputs={"evidence": run.rel(evidence_url(run.url(STAGE), shard.name))},
+        counts={key: float(first.get(key, 0)) for key in ("n_scored", "missing_prediction", "missing_ground_truth")},
+        seconds=time.perf_counter() - start,
     )
 
 
 def evaluate_run(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
-    """Evaluate the run's merged pseudo-labels against `evaluate.ground_truth` or the run's synthetic
-    dataset."""
-    gt_dir = cfg.evaluate.ground_truth
-    if gt_dir is None:
-        if not storage.exists(run.url("synthetic", "annotations", "panoptic.json")):
-            raise FileNotFoundError(
-                f"no ground truth for {run.root}: set evaluate.ground_truth to a folder with {GT_LAYOUT}; "
-                f"only runs on the built-in synthetic source ({run.url('synthetic')}) have one by default"
-            )
-        gt_dir = run.url("synthetic")
-    pred_json = run.url("merge", "panoptic.json")
-    instances_json = run.url("merge", "instances.json")
-    for url in (pred_json, instances_json):
-        if not storage.exists(url):
-            raise FileNotFoundError(f"{url} is missing; run the merge stage first")
-    image_urls = {im.image_id: im.url for shard in run.shards() for im in shard.images}
-    report = evaluate_predictions(
-        pred_json, run.url("merge", "panoptic"), instances_json, gt_dir, cfg.evaluate, run.url(STAGE), image_urls,
-        image_ids=set(image_urls),
-    )
+    """The evaluate stage's global step (after the shards): reduce and report."""
+    start = time.perf_counter()
+    gt = run_ground_truth(run, cfg.evaluate)
+    sets = open_sets(cfg.evaluate.predictions, run, cfg)
+    image_urls: dict[str, str] = {}  # image files of the first shards, enough for the overlays
+    for shard in run.iter_shards() if cfg.evaluate.overlays > 0 else ():
+        image_urls.update({r.file_name: r.url for r in evaluated_images(shard, cfg).images})
+        if len(image_urls) >= cfg.evaluate.overlays:
+            break
+    shard_names = [shard_name(index) for index, _ in run.plan_shards()]
+    report = reduce_and_report(gt, sets, shard_names, cfg.evaluate, run.url(STAGE), image_urls)
     outputs = {name: run.rel(url) for name, url in report["outputs"].items() if isinstance(url, str)}
-    return GlobalResult(
-        stage=STAGE,
-        outputs=outputs,
-        summary={**report["summary"], "matching": report["matching"], "n_images": report["n_images"]},
-        seconds=report["seconds"],
+    return GlobalResult(stage=STAGE, outputs=outputs, summary=report["summary"], seconds=time.perf_counter() - start)
+
+
+def _shard_task(args: tuple) -> None:
+    gt_spec, sets, shard, cfg, out_dir = args
+    gt = load_ground_truth(*gt_spec) if gt_spec else None
+    compute_shard(gt, sets, shard, None, cfg, out_dir)
+
+
+def evaluate_predictions(
+    predictions: dict[str, str],
+    cfg: EvaluateConfig,
+    out_dir: str,
+    run: RunDir | None = None,
+    pipeline: PipelineConfig | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Evaluate N named prediction sets (stage names of `run`, or folders in the merge layout) against
+    `cfg.ground_truth` in one report under `out_dir`; shards run in `workers` processes. Returns the report."""
+    gt = run_ground_truth(run, cfg)
+    sets = open_sets(predictions, run, pipeline)
+    shards = sorted({name for pset in sets for name in pset.shard_names()})
+    if not shards:
+        raise FileNotFoundError(f"the prediction sets {list(predictions.values())} have no shards/*.json")
+    gt_spec = (gt.format, gt.root, cfg.split) if gt else None
+    tasks = [(gt_spec, sets, shard, cfg, out_dir) for shard in shards]
+    if workers > 1 and len(shards) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(shards))) as pool:
+            list(pool.map(_shard_task, tasks))
+    else:
+        for task in tasks:
+            _shard_task(task)
+    return reduce_and_report(gt, sets, shards, cfg, out_dir, None)
+
+
+def reduce_and_report(
+    gt: GroundTruth | None,
+    sets: list[PredictionSet],
+    shards: list[str],
+    cfg: EvaluateConfig,
+    out_dir: str,
+    image_urls: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Sum the shards' evidence, score every (set, protocol) and write the report; returns it."""
+    start = time.perf_counter()
+
+    def evidence() -> Iterator[list[SetEvidence]]:
+        for shard in shards:
+            url = evidence_url(out_dir, shard)
+            if not storage.exists(url):
+                raise FileNotFoundError(f"evaluate: {url} is missing; run the evaluate shard step for {shard}")
+            yield read_evidence(url)
+
+    totals = sum_evidence(evidence(), len(sets))
+    scored = set().union(*(t.scored for t in totals))
+    report: dict[str, Any] = {
+        "ground_truth": None if gt is None else {
+            "format": gt.format, "root": gt.root, "tables": gt.table_source, "n_images": len(gt.images),
+            "n_not_evaluated": len(gt.images) - len(scored),
+        },
+        "prediction_sets": {pset.name: pset.root for pset in sets},
+        "protocols": list(cfg.protocols) if gt else [],
+        "transductive": gt is not None,
+        "sets": {},
+        "rows": [],
+    }
+    mappings: dict[str, dict[str, Any]] = {}
+    for index, (pset, total) in enumerate(zip(sets, totals)):
+        entry: dict[str, Any] = {"counts": total.counts, "problems": total.problems,
+                                 "statistics": statistics(pset, total)}
+        report["sets"][pset.name] = entry
+        if gt is None:
+            continue
+        space = LabelSpace.of(gt, pset)
+        fitted = [fit(protocol, total, space) for protocol in cfg.protocols]
+        panoptic_protocols = [m for m in fitted if m.protocol != "stego27"] if gt.has_panoptic else []
+
+        def tables(i: int = index) -> Iterator[Any]:
+            for shard_sets in evidence():  # one SetEvidence per set of each shard
+                yield from shard_sets[i].tables
+
+        pq = dict(zip([m.protocol for m in panoptic_protocols], panoptic_result(panoptic_protocols, tables, gt)))
+        mappings[pset.name] = {m.protocol: m for m in fitted}
+        for mapping in fitted:
+            row: dict[str, Any] = {"set": pset.name, "protocol": mapping.protocol,
+                                   "mapping": mapping_summary(mapping, pset, gt),
+                                   "semantic": semantic_result(mapping.protocol, total, space, mapping, gt)}
+            if mapping.protocol in pq:
+                row["panoptic"] = pq[mapping.protocol]
+                row["instances"], row["n_detections"] = instance_result(
+                    gt, pset, mapping, lambda p=pset: (d for d in (p.read_shard(s) for s in shards) if d), total.scored
+                )
+            row["summary"] = row_summary(row)
+            report["rows"].append(row)
+    report["summary"] = summary(report, sets)
+    if report["rows"]:  # the first row's mapping, where `u2seg predict --mapping report.json` finds it
+        report["mapping"] = {k: report["rows"][0]["mapping"][k] for k in ("things", "stuff")}
+    report["overlays"], report["overlay_failures"] = write_overlays(
+        out_dir, cfg.overlays, gt, sets, shards, mappings, cfg.protocols[0], image_urls
     )
+    settings = {"score": cfg.u2seg_score_min, "box": cfg.u2seg_box_iou, "sem": cfg.u2seg_semantic_iou}
+    report["outputs"] = write_report(out_dir, report, settings)
+    report["outputs"]["overlays"] = [storage.join(out_dir, rel) for rel in report["overlays"]]
+    report["seconds"] = time.perf_counter() - start
+    storage.write_json(report["outputs"]["report_json"], report)
+    return report
+
+
+def statistics(pset: PredictionSet, total: Any) -> dict[str, Any]:
+    """Pseudo-label statistics of a set: segments per image, cluster sizes, stuff coverage."""
+    n_images = max(total.counts["n_images"], 1)
+    things = [i for i, c in enumerate(pset.categories) if c.get("isthing")]
+    stuff = [i for i, c in enumerate(pset.categories) if not c.get("isthing")]
+    thing_segments = total.segments[things]
+    total_pixels = max(int(total.pixels.sum()), 1)
+    return {
+        "n_images": total.counts["n_images"],
+        "thing_segments_per_image": total.counts["n_thing_segments"] / n_images,
+        "stuff_segments_per_image": total.counts["n_stuff_segments"] / n_images,
+        "images_without_things": total.counts["images_without_things"],
+        "n_clusters": len(things),
+        "n_empty_clusters": int((thing_segments == 0).sum()),
+        "cluster_sizes": {  # segments per cluster
+            "max": int(thing_segments.max(initial=0)), "median": float(np.median(thing_segments)) if things else 0.0,
+            "largest": {str(pset.categories[things[i]]["id"]): int(thing_segments[i])
+                        for i in np.argsort(-thing_segments, kind="stable")[:10] if thing_segments[i] > 0},
+        },
+        "stuff_coverage": {  # share of labelled pixels per stuff class
+            str(pset.categories[i]["name"]): float(total.pixels[i] / total_pixels) for i in stuff
+        },
+        "thing_coverage": float(total.pixels[things].sum() / total_pixels),
+    }
+
+
+SUMMARY_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "AP_box", "AP50_box",
+                "AP_mask", "AP50_mask", "mIoU", "pixel_accuracy")
+
+
+def row_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers of one (set, protocol) row (x100; None where not computed)."""
+    out: dict[str, Any] = {key: None for key in SUMMARY_KEYS}
+    pan = row.get("panoptic")
+    if pan:
+        for group, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st")):
+            for metric in ("pq", "sq", "rq"):
+                out[f"{metric.upper()}{suffix}"] = pan[group][metric]
+    for task, suffix in (("bbox", "box"), ("segm", "mask")):
+        scores = (row.get("instances") or {}).get(task, {})
+        out[f"AP_{suffix}"], out[f"AP50_{suffix}"] = scores.get("AP"), scores.get("AP50")
+    out["mIoU"] = row["semantic"]["miou"]
+    out["pixel_accuracy"] = row["semantic"]["pixel_accuracy"]
+    return out
+
+
+def summary(report: dict[str, Any], sets: list[PredictionSet]) -> dict[str, Any]:
+    """The stage manifest's summary: the first row's headline numbers at the top level, every row under
+    `rows` ("<set>/<protocol>" -> numbers), or the first set's statistics without ground truth."""
+    first = sets[0].name
+    counts = report["sets"][first]["counts"]
+    out: dict[str, Any] = {
+        "ground_truth": report["ground_truth"]["format"] if report["ground_truth"] else None,
+        "n_images": counts["n_scored"] if report["ground_truth"] else counts["n_images"],
+        "missing_prediction": counts["missing_prediction"],
+        "missing_ground_truth": counts["missing_ground_truth"],
+    }
+    if not report["rows"]:
+        stats = report["sets"][first]["statistics"]
+        out.update({k: stats[k] for k in ("thing_segments_per_image", "stuff_segments_per_image", "n_empty_clusters")})
+        return out
+    out.update({k: v for k, v in report["rows"][0]["summary"].items() if v is not None})
+    out["protocol"] = report["rows"][0]["protocol"]
+    out["rows"] = {f"{r['set']}/{r['protocol']}": {k: v for k, v in r["summary"].items() if v is not None}
+                   for r in report["rows"]}
+    return out

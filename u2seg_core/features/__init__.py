@@ -1,5 +1,5 @@
-"""Features stage: stored backbone tokens for STEGO."""
+"""Features stage: pooled backbone features of every image, token grids of the STEGO training sample."""
 
-from .stage import features_shard, load_features
+from .stage import SampleShard, features_shard, training_sample
 
-__all__ = ["features_shard", "load_features"]
+__all__ = ["SampleShard", "features_shard", "training_sample"]

@@ -17,6 +17,7 @@ Conventions (the same for every stage):
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -50,6 +51,9 @@ def read_image_bytes(url: str) -> bytes:
     try:
         data = storage.read_bytes(url)
     except FileNotFoundError as exc:
+        if not storage.is_remote(url) and os.path.islink(url):
+            target = os.readlink(url)
+            raise ImageDecodeError(url, f"dangling symbolic link (its target {target} does not exist)") from exc
         raise ImageDecodeError(url, "file not found (was it moved or deleted after planning?)") from exc
     except IsADirectoryError as exc:
         raise ImageDecodeError(url, "is a directory, not an image file") from exc

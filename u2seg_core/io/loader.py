@@ -2,6 +2,8 @@
 
 Workers use the "spawn" start method (s3fs holds event-loop threads that do not survive a fork). A bad
 image never stops the shard: it comes back as a `FailureRecord` in the batch where it would have been.
+For a CUDA consumer the batches arrive in pinned (page-locked) memory, the pixels and the kept
+originals both, so `.to("cuda", non_blocking=True)` copies them without a staging copy.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from ..manifest import FailureRecord, ImageRecord, ShardManifest
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 
 Resample = Literal["lanczos", "bilinear", "nearest"]
+Transform = Callable[[Image.Image], torch.Tensor]  # decoded RGB image -> (3, h, w) tensor of any size; picklable
 
 RESAMPLE_FILTERS: dict[str, Image.Resampling] = {
     "lanczos": Image.Resampling.LANCZOS,
@@ -38,7 +41,8 @@ class ImageBatch:
     """
 
     records: list[ImageRecord]
-    pixels: torch.Tensor  # (B, 3, S, S) uint8 RGB, resized to S x S (aspect ratio not kept)
+    pixels: torch.Tensor | list[torch.Tensor]  # (B, 3, S, S) uint8 RGB resized to S x S (aspect ratio not
+    # kept); with a `transform`, the list of its (3, h, w) outputs
     original_sizes: list[tuple[int, int]]  # (H, W) of each decoded image
     originals: list[np.ndarray] | None  # (H, W, 3) uint8 full-size images when keep_original=True
     failures: list[FailureRecord]
@@ -47,7 +51,7 @@ class ImageBatch:
 @dataclass
 class _Item:
     index: int
-    pixels: torch.Tensor | None  # (3, S, S) uint8
+    pixels: torch.Tensor | None  # (3, S, S) uint8, or the transform's output
     size: tuple[int, int] | None
     original: torch.Tensor | None  # (H, W, 3) uint8; a tensor so that it crosses processes in shared memory
     reason: str | None
@@ -55,16 +59,21 @@ class _Item:
 
 @dataclass
 class _Collated:
-    """What a worker sends back; `pin_memory` pins only the resized pixels."""
+    """What a worker sends back; `pin_memory` pins the pixels and the originals."""
 
     indices: list[int]
-    pixels: torch.Tensor
+    pixels: torch.Tensor | list[torch.Tensor]
     sizes: list[tuple[int, int]]
     originals: list[torch.Tensor] | None
     failed: list[tuple[int, str]]
 
     def pin_memory(self) -> "_Collated":
-        self.pixels = self.pixels.pin_memory()
+        if isinstance(self.pixels, list):
+            self.pixels = [p.pin_memory() for p in self.pixels]
+        else:
+            self.pixels = self.pixels.pin_memory()
+        if self.originals is not None:
+            self.originals = [original.pin_memory() for original in self.originals]
         return self
 
 
@@ -78,12 +87,14 @@ class _ShardImages(Dataset):
         resample: Resample,
         keep_original: bool,
         max_pixels: int,
+        transform: Transform | None = None,
     ) -> None:
         self.urls = [im.url for im in images]
         self.resolution = resolution
         self.resample = RESAMPLE_FILTERS[resample]
         self.keep_original = keep_original
         self.max_pixels = max_pixels
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -92,9 +103,12 @@ class _ShardImages(Dataset):
         url = self.urls[index]
         try:
             im = load_image(url, self.max_pixels)
-            side = self.resolution
-            resized = im if im.size == (side, side) else im.resize((side, side), self.resample)
-            pixels = torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+            if self.transform is not None:
+                pixels = self.transform(im)
+            else:
+                side = self.resolution
+                resized = im if im.size == (side, side) else im.resize((side, side), self.resample)
+                pixels = torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).contiguous()
             original = torch.from_numpy(np.array(im, dtype=np.uint8)) if self.keep_original else None
             return _Item(index, pixels, (im.height, im.width), original, None)
         except ImageDecodeError as exc:
@@ -103,13 +117,14 @@ class _ShardImages(Dataset):
             return _Item(index, None, None, None, f"cannot load {url}: {type(exc).__name__}: {exc}")
 
 
-def _collate(items: list[_Item], resolution: int, keep_original: bool) -> _Collated:
+def _collate(items: list[_Item], resolution: int, keep_original: bool, stack: bool = True) -> _Collated:
     loaded = [it for it in items if it.reason is None]
-    pixels = (
-        torch.stack([it.pixels for it in loaded])
-        if loaded
-        else torch.empty((0, 3, resolution, resolution), dtype=torch.uint8)
-    )
+    if not stack:
+        pixels = [it.pixels for it in loaded]
+    elif loaded:
+        pixels = torch.stack([it.pixels for it in loaded])
+    else:
+        pixels = torch.empty((0, 3, resolution, resolution), dtype=torch.uint8)
     return _Collated(
         indices=[it.index for it in loaded],
         pixels=pixels,
@@ -140,15 +155,19 @@ def iter_batches(
     resample: Resample = "lanczos",
     keep_original: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    transform: Transform | None = None,
+    pin_memory: bool | None = None,
 ) -> Iterator[ImageBatch]:
-    """Decode the shard's images in order, `batch_size` at a time, resized to `resolution` x `resolution`.
+    """Decode the shard's images in order, `batch_size` at a time, resized to `resolution` x `resolution`
+    (or, given a `transform`, passed through it in the workers instead; `pixels` is then a list).
 
     Every image of the shard appears exactly once, in `records` or in `failures` (stage=`stage`).
-    `num_workers` > 0 decodes in that many spawned worker processes.
+    `num_workers` > 0 decodes in that many spawned worker processes. `pin_memory` (default: whether
+    CUDA is available) returns page-locked tensors, for asynchronous host-to-GPU copies.
     """
     if resample not in RESAMPLE_FILTERS:
         raise ValueError(f"resample={resample!r}; use one of {sorted(RESAMPLE_FILTERS)}")
-    dataset = _ShardImages(shard.images, resolution, resample, keep_original, max_pixels)
+    dataset = _ShardImages(shard.images, resolution, resample, keep_original, max_pixels, transform)
     workers = {}
     if num_workers > 0:
         workers = {
@@ -160,8 +179,8 @@ def iter_batches(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=partial(_collate, resolution=resolution, keep_original=keep_original),
-        pin_memory=torch.cuda.is_available(),
+        collate_fn=partial(_collate, resolution=resolution, keep_original=keep_original, stack=transform is None),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         **workers,
     )
     for collated in loader:

@@ -14,11 +14,10 @@
 
 from .affinity import PatchGraph, cosine_edges
 from .maskcut import MaskCutResult, maskcut_batch, maskcut_reference
-from .solvers import Fiedler, KrylovSettings, solve
+from .solvers import Fiedler, solve
 
 __all__ = [
     "Fiedler",
-    "KrylovSettings",
     "MaskCutResult",
     "PatchGraph",
     "cosine_edges",

@@ -18,7 +18,7 @@ def _sweep_rows(reached: Tensor, domain: Tensor) -> Tensor:
     starts = domain.clone()
     starts[..., 1:] &= ~domain[..., :-1]
     run_id = torch.cumsum(starts.reshape(-1), 0, dtype=torch.int64).reshape(domain.shape)
-    hit = torch.zeros(int(run_id.reshape(-1)[-1]) + 1, dtype=torch.bool, device=domain.device)
+    hit = torch.zeros(run_id.numel() + 1, dtype=torch.bool, device=domain.device)  # >= runs + 1, no device sync
     hit[run_id[reached & domain]] = True
     return domain & hit[run_id]
 

@@ -20,12 +20,13 @@ import scipy.ndimage
 import torch
 from torch import Tensor
 
+from ..config import KrylovConfig, MaskCutConfig
 from .affinity import PatchGraph, cosine_edges
 from .bipartition import TIE_TOL, choose_foreground, seed_component
-from .solvers import KrylovSettings, Method, dense_fiedler, solve
+from .solvers import Method, dense_fiedler, solve
 
-MIN_AREA_FRACTION = 0.01
-MAX_PREVIOUS_IOU = 0.5
+MIN_AREA_FRACTION: float = MaskCutConfig.model_fields["min_area_fraction"].default  # CutLER's values
+MAX_PREVIOUS_IOU: float = MaskCutConfig.model_fields["max_previous_iou"].default
 
 
 @dataclass
@@ -73,7 +74,9 @@ def maskcut_batch(
     eps: float = 1e-5,
     n_masks: int = 3,
     solver: Method = "fast",
-    settings: KrylovSettings = KrylovSettings(),
+    settings: KrylovConfig = KrylovConfig(),
+    min_area_fraction: float = MIN_AREA_FRACTION,
+    max_previous_iou: float = MAX_PREVIOUS_IOU,
 ) -> MaskCutResult:
     """keys (B, C, h, w) -> MaskCutResult with masks (B, n_masks, h, w) on the keys' device."""
     batch, _, h, w = keys.shape
@@ -91,7 +94,7 @@ def maskcut_batch(
     component = torch.zeros(batch, n, dtype=torch.bool, device=device)  # last round's seed component
     repeat = torch.zeros(batch, dtype=torch.bool, device=device)  # last round dropped: same graph now
     degenerate = torch.zeros(batch, dtype=torch.bool, device=device)
-    dense_solves = 0
+    dense_solves = torch.zeros((), dtype=torch.int64, device=device)
     for round_index in range(n_masks):
         graph = PatchGraph(edges, active, eps, zero_is_edge=0.0 > tau)
         constant = graph.is_constant()
@@ -100,7 +103,8 @@ def maskcut_batch(
         todo = ~constant & ~repeat
         if bool(todo.any()):
             fiedler = solve(graph.select(todo), solver, settings)
-            dense_solves += int(fiedler.dense.sum()) if solver == "fast" else 0
+            if solver == "fast":
+                dense_solves += fiedler.dense.sum()
             foreground, seed = choose_foreground(fiedler.vectors, (h, w))
             solved = seed_component(foreground.view(-1, h, w), seed).view(-1, n)
             if round_index == 0:
@@ -108,8 +112,8 @@ def maskcut_batch(
             component[todo] = solved
         component = component & ~constant.unsqueeze(1)
         if round_index >= 1:
-            small = component.sum(1).double() / n <= MIN_AREA_FRACTION
-            overlap = mask_iou(previous, component) > MAX_PREVIOUS_IOU
+            small = component.sum(1).double() / n <= min_area_fraction
+            overlap = mask_iou(previous, component) > max_previous_iou
             dropped = small | overlap
         else:
             dropped = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -121,7 +125,7 @@ def maskcut_batch(
         repeat = dropped & component.any(1)
         previous = kept
     masks = masks.view(batch, n_masks, h, w)
-    return MaskCutResult(masks, scores, bipartition.view(batch, h, w), degenerate, dense_solves)
+    return MaskCutResult(masks, scores, bipartition.view(batch, h, w), degenerate, int(dense_solves))
 
 
 def maskcut_reference(keys: np.ndarray, tau: float = 0.15, eps: float = 1e-5, n_masks: int = 3) -> np.ndarray:

@@ -4,15 +4,22 @@ For each patch-grid mask: nearest upsampling to the S x S network input, dense C
 image, `binary_fill_holes`, drop when IoU(before CRF, after CRF) < `min_crf_iou`, then resize to the
 original image size the way the reference does (PIL's default bicubic on the 0/255 mask, then
 threshold at half the resized maximum). Empty masks stay empty (the reference drops them as area < 1).
+
+`encode_async` computes a mask's COCO fields (RLE, area, bbox) on a small thread pool, so that the
+CPU encoding of one batch overlaps the GPU work (embeddings, the next batch) that follows it.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..coco import encode_rle, mask_bbox
 from ..config import MaskCutConfig
 from .components import fill_holes
 from .crf import crf_reference, crf_torch
@@ -69,7 +76,23 @@ def resize_to_original(masks: Tensor, height: int, width: int) -> Tensor:
     of the 0/1 mask, thresholded at half of each mask's resized maximum."""
     if masks.shape[-2:] == (height, width):
         return masks.clone()
+    if len(masks) == 0:
+        return masks.new_zeros((0, height, width))
     values = F.interpolate(masks.float().unsqueeze(0), size=(height, width), mode="bicubic", antialias=True)[0]
     values = values.clamp(0.0, 1.0)
     peak = values.flatten(1).amax(1).view(-1, 1, 1)
     return (values > 0.5 * peak) & (peak > 0)
+
+
+ENCODE_THREADS = 2
+_ENCODER = ThreadPoolExecutor(max_workers=ENCODE_THREADS, thread_name_prefix="maskcut-rle")
+
+
+def annotation_fields(mask: np.ndarray) -> dict[str, Any]:
+    """(H, W) bool mask -> its COCO `segmentation` (compressed RLE), `area` and `bbox` (XYWH)."""
+    return {"segmentation": encode_rle(mask), "area": int(mask.sum()), "bbox": mask_bbox(mask)}
+
+
+def encode_async(mask: np.ndarray) -> Future[dict[str, Any]]:
+    """`annotation_fields(mask)` on the encoder threads (the GIL is released while the GPU is awaited)."""
+    return _ENCODER.submit(annotation_fields, mask)

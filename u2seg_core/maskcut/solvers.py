@@ -29,6 +29,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from ..config import KrylovConfig
 from .affinity import PatchGraph
 
 Method = Literal["dense", "fast"]
@@ -50,28 +51,7 @@ class Fiedler:
     krylov_dim: Tensor
 
 
-@dataclass(frozen=True)
-class KrylovSettings:
-    """Stopping rules of the fast solver.
-
-    block: vectors added to the Krylov basis per step (one batched matmul with the edges each).
-    max_dim: largest basis (columns) before giving up on an image (it then goes to `dense`).
-    residual_tol: accept when ||M u - theta u|| <= residual_tol ...
-    angle_tol: ... and ||M u - theta u|| / (theta_1 - theta_2) <= angle_tol (Davis-Kahan bound on
-        the eigenvector error).
-    check_every: Rayleigh-Ritz / convergence test every this many steps.
-    seed: start block seed (fixed: reruns are identical).
-    """
-
-    block: int = 4
-    max_dim: int = 320
-    residual_tol: float = 1e-9
-    angle_tol: float = 1e-7
-    check_every: int = 1
-    seed: int = 0
-
-
-def solve(graph: PatchGraph, method: Method = "fast", settings: KrylovSettings = KrylovSettings()) -> Fiedler:
+def solve(graph: PatchGraph, method: Method = "fast", settings: KrylovConfig = KrylovConfig()) -> Fiedler:
     """Second-smallest eigenpair of (D - A) y = lambda D y for every image of `graph` (N >= 3)."""
     if graph.n < 3:
         raise ValueError(f"the NCut eigenproblem needs at least 3 patches, got {graph.n}")
@@ -105,11 +85,15 @@ def solve_dense(graph: PatchGraph, images: list[int] | None = None) -> Fiedler:
     return Fiedler(vectors.to(device), values.to(device), chosen.to(device), dims)
 
 
-def _orthonormalize(block: Tensor, basis: Tensor | None, trivial: Tensor, generator: torch.Generator) -> Tensor:
+def _orthonormalize(
+    block: Tensor, basis: Tensor | None, trivial: Tensor, generator: torch.Generator, sync_free: bool = False
+) -> Tensor:
     """Orthonormal (B, N, k) block orthogonal to `trivial` (B, N, 1) and to `basis` (B, N, m).
 
     Classical Gram-Schmidt twice, then QR. Columns that were (numerically) inside the span already
     are replaced by fresh random directions, so rounding noise is never normalised into the basis.
+    `sync_free` (GPU): the replacement is computed for every image and selected per image, instead
+    of asking the host whether any column is weak (a device sync per step); the result is the same.
     """
 
     def project(x: Tensor) -> Tensor:
@@ -122,10 +106,11 @@ def _orthonormalize(block: Tensor, basis: Tensor | None, trivial: Tensor, genera
     block = block / torch.linalg.vector_norm(block, dim=1, keepdim=True).clamp_min(1e-30)
     q, r = torch.linalg.qr(project(block))
     weak = torch.diagonal(r, dim1=1, dim2=2).abs() < 1e-3
-    if bool(weak.any()):
-        fresh = torch.randn(block.shape, generator=generator, dtype=block.dtype).to(block.device)
-        q, _ = torch.linalg.qr(project(torch.where(weak.unsqueeze(1), fresh, q)))
-    return q
+    if not sync_free and not bool(weak.any()):
+        return q
+    fresh = torch.randn(block.shape, generator=generator, dtype=block.dtype, device=generator.device).to(block.device)
+    replaced, _ = torch.linalg.qr(project(torch.where(weak.unsqueeze(1), fresh, q)))
+    return torch.where(weak.any(1).view(-1, 1, 1), replaced, q)
 
 
 def _krylov_setup(graph: PatchGraph) -> tuple[Tensor, Tensor]:
@@ -136,16 +121,55 @@ def _krylov_setup(graph: PatchGraph) -> tuple[Tensor, Tensor]:
     return degrees.rsqrt().unsqueeze(-1), trivial.unsqueeze(-1)
 
 
-def solve_fast(graph: PatchGraph, settings: KrylovSettings = KrylovSettings()) -> Fiedler:
+def _grow_projection(small: Tensor | None, basis: Tensor, image: Tensor, new: int) -> Tensor:
+    """The Rayleigh quotient V^T M V (B, m, m) of `basis` V (B, N, m), grown by its last `new` columns.
+
+    Only the new rows are multiplied (V^T (M V_new), m x new per image instead of the whole m x m
+    product); the matrix is kept symmetric by mirroring them.
+    """
+    rows = basis.transpose(1, 2) @ image[..., -new:]  # (B, m, new): V^T M V_new
+    if small is None:
+        return 0.5 * (rows + rows.transpose(1, 2))
+    m = basis.shape[-1]
+    grown = torch.zeros(basis.shape[0], m, m, dtype=basis.dtype, device=basis.device)
+    grown[:, : m - new, : m - new] = small
+    grown[:, :, m - new :] = rows
+    grown[:, m - new :, : m - new] = rows[:, : m - new].transpose(1, 2)
+    corner = grown[:, m - new :, m - new :]
+    grown[:, m - new :, m - new :] = 0.5 * (corner + corner.transpose(1, 2))
+    return grown
+
+
+def _ritz(small: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, m, m) symmetric -> (eigenvalues (B, m) ascending, eigenvectors (B, m, m)) on the input's device.
+
+    Solved on the host: the matrices are tiny (m <= max_dim), and a batched eigh of such matrices on
+    CUDA runs one solver call (with its own syncs) per image, while the host's LAPACK takes
+    microseconds each; the copy replaces the device sync the convergence test needs anyway.
+    """
+    values, coords = torch.linalg.eigh(small.cpu())
+    return values.to(small.device, non_blocking=True), coords.to(small.device, non_blocking=True)
+
+
+def solve_fast(
+    graph: PatchGraph, settings: KrylovConfig = KrylovConfig(), sync_free: bool | None = None
+) -> Fiedler:
     """Batched block Krylov solve with a dense fallback (see the module docstring).
 
+    `sync_free`: orthonormalise without asking the host whether a column is weak (`_orthonormalize`);
+    None = on for GPU devices (on the CPU a sync costs nothing and skipping the spare QR is cheaper).
+
+    The convergence test (Rayleigh-Ritz on the host, two device syncs) runs at step `first_check` and
+    every `check_every` steps after; between tests the loop queues GPU work without waiting for it.
     Converged images stop being multiplied once half or more of the batch has converged (the batch is
     then cut down, a copy of the edges), so one hard image does not make the others pay.
     """
     batch, n, device = graph.batch, graph.n, graph.edges.device
     block = min(settings.block, n - 1)
     max_dim = min(settings.max_dim, n - 1)
+    sync_free = device.type != "cpu" if sync_free is None else sync_free
     generator = torch.Generator().manual_seed(settings.seed)
+    fresh_generator = torch.Generator(device).manual_seed(settings.seed) if sync_free else generator
     theta = torch.zeros(batch, dtype=torch.float64, device=device)
     vectors = torch.zeros(batch, n, dtype=torch.float64, device=device)
     dims = torch.zeros(batch, dtype=torch.int64, device=device)
@@ -155,36 +179,38 @@ def solve_fast(graph: PatchGraph, settings: KrylovSettings = KrylovSettings()) -
     sub = graph
     inv_sqrt, trivial = _krylov_setup(sub)
     start = torch.randn(batch, n, block, generator=generator, dtype=torch.float64).to(device)
-    basis = _orthonormalize(start, None, trivial, generator)
+    basis = _orthonormalize(start, None, trivial, fresh_generator, sync_free)
     image = inv_sqrt * sub.matmul(inv_sqrt * basis)
+    small = _grow_projection(None, basis, image, basis.shape[-1])
     step = 0
     while True:
         step += 1
         dim = basis.shape[-1]
         last = dim + block > max_dim
-        if step % settings.check_every == 0 or last:
-            small = basis.transpose(1, 2) @ image
-            values, coords = torch.linalg.eigh(0.5 * (small + small.transpose(1, 2)))
+        due = step >= settings.first_check and (step - settings.first_check) % settings.check_every == 0
+        if due or last:
+            values, coords = _ritz(small)
             top = coords[..., -1:]
             ritz = (basis @ top).squeeze(-1)
             residual = torch.linalg.vector_norm((image @ top).squeeze(-1) - values[:, -1:] * ritz, dim=1)
             gap = values[:, -1] - values[:, -2]
             ok = pending & (residual <= settings.residual_tol) & (residual <= settings.angle_tol * gap)
-            done = live[ok]
-            theta[done] = values[ok, -1]
-            vectors[done] = inv_sqrt[ok].squeeze(-1) * ritz[ok]
-            dims[live[pending]] = dim
-            pending &= ~ok
-            if last or not bool(pending.any()):
+            theta[live] = torch.where(ok, values[:, -1], theta[live])
+            vectors[live] = torch.where(ok.unsqueeze(1), inv_sqrt.squeeze(-1) * ritz, vectors[live])
+            dims[live] = torch.where(pending, dim, dims[live])
+            pending = pending & ~ok
+            n_pending = int(pending.sum())  # with the host Ritz solve above: the test's two device syncs
+            if last or n_pending == 0:
                 break
-            if 2 * int(pending.sum()) <= len(live):  # shrink the batch (a copy of the edges) only by half or more
-                live, basis, image = live[pending], basis[pending], image[pending]
-                pending = pending[pending]
+            if 2 * n_pending <= len(live):  # shrink the batch (a copy of the edges) only by half or more
+                keep = pending.nonzero().flatten()
+                live, basis, image, small, pending = live[keep], basis[keep], image[keep], small[keep], pending[keep]
                 sub = graph.select(live)
                 inv_sqrt, trivial = _krylov_setup(sub)
-        new = _orthonormalize(image[..., -block:], basis, trivial, generator)
+        new = _orthonormalize(image[..., -block:], basis, trivial, fresh_generator, sync_free)
         basis = torch.cat([basis, new], dim=-1)
         image = torch.cat([image, inv_sqrt * sub.matmul(inv_sqrt * new)], dim=-1)
+        small = _grow_projection(small, basis, image, new.shape[-1])
 
     unsolved = live[pending]
     dense = torch.zeros(batch, dtype=torch.bool, device=device)

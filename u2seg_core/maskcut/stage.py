@@ -27,15 +27,15 @@ import torch
 
 from .. import storage
 from ..backbone import Backbone, build_backbone
-from ..coco import dataset_json, encode_rle, image_entry, mask_bbox
+from ..coco import dataset_json, image_entry
 from ..config import MaskCutConfig, PipelineConfig
 from ..io.loader import ImageBatch, iter_batches
 from ..manifest import FailureRecord, ShardManifest, ShardResult
 from ..rundir import RunDir
 from ..store import FeatureStore
-from .embed import cls_crop_embeddings, pooled_embeddings
+from .embed import cls_crop_embeddings, cls_crop_embeddings_batched, pooled_embeddings
 from .maskcut import maskcut_batch
-from .postprocess import refine_masks, resize_to_original
+from .postprocess import encode_async, refine_masks, resize_to_original
 
 STAGE = "maskcut"
 GROUP = "maskcut"
@@ -74,6 +74,7 @@ def maskcut_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Sha
     batches = iter_batches(
         shard, mc.resolution, mc.backbone.batch_size, mc.backbone.num_workers, stage=STAGE,
         resample="lanczos", keep_original=True, max_pixels=cfg.source.max_pixels,
+        pin_memory=backbone.device.type == "cuda",
     )
     for batch in batches:
         acc.failures.extend(batch.failures)
@@ -138,7 +139,7 @@ def _process_with_isolation(backbone: Backbone, batch: ImageBatch, mc: MaskCutCo
 
 def _process(backbone: Backbone, batch: ImageBatch, mc: MaskCutConfig, acc: _Accumulator) -> None:
     """MaskCut, post-processing, annotations and embeddings of one batch; appends to `acc` only on success."""
-    pixels = batch.pixels.to(backbone.device)
+    pixels = batch.pixels.to(backbone.device, non_blocking=True)
     flat = pixels.flatten(1)
     uniform = (flat.amax(1) == flat.amin(1)).cpu()
     too_small = torch.tensor([min(size) < backbone.patch_size for size in batch.original_sizes])
@@ -158,7 +159,9 @@ def _process(backbone: Backbone, batch: ImageBatch, mc: MaskCutConfig, acc: _Acc
         if not bool(finite.all()):
             bad = [batch.records[int(rows[i])] for i in (~finite).nonzero().flatten().tolist()]
             raise FloatingPointError(f"backbone returned non-finite keys for {[r.file_name for r in bad]}")
-        result = maskcut_batch(out.keys, mc.tau, mc.eps, mc.n_masks, mc.solver)
+        result = maskcut_batch(
+            out.keys, mc.tau, mc.eps, mc.n_masks, mc.solver, mc.krylov, mc.min_area_fraction, mc.max_previous_iou
+        )
         masks[rows] = result.masks
         scores[rows.cpu()] = result.scores.cpu()
         degenerate[rows.cpu()] = result.degenerate.cpu()
@@ -168,37 +171,41 @@ def _process(backbone: Backbone, batch: ImageBatch, mc: MaskCutConfig, acc: _Acc
             tokens[rows] = out.tokens
     refined, crf_dropped = refine_masks(pixels, masks, mc)
 
-    images, annotations, kept_masks, kept_images, pooled_rows = [], [], [], [], []
+    images, annotations, encoded, kept_masks, kept_images, pooled_rows = [], [], [], [], [], []
+    device_masks = []  # per image: (R_i, H, W) bool kept masks on the device (batched cls_crop)
     without_masks = 0
+    present_rounds = refined.flatten(2).any(2).cpu()  # (B, R): one device sync for the batch
     for i, record in enumerate(batch.records):
         height, width = batch.original_sizes[i]
         images.append(image_entry(record.image_id, record.file_name, height, width))
-        present = refined[i].flatten(1).any(1).nonzero().flatten().tolist()
-        originals = resize_to_original(refined[i, present], height, width).cpu().numpy() if present else []
-        n_kept = 0
-        for round_index, mask in zip(present, originals):
-            area = int(mask.sum())
-            if area < 1:
-                continue
+        present = present_rounds[i].nonzero().flatten().tolist()
+        resized = resize_to_original(refined[i, present], height, width)
+        host = resized.cpu().numpy()
+        kept = [j for j, mask in enumerate(host) if mask.any()]
+        for j in kept:
+            round_index = present[j]
             annotations.append(
                 {
                     "id": record.image_id * MAX_MASKS_PER_IMAGE + round_index,
                     "image_id": record.image_id,
                     "category_id": 1,
-                    "segmentation": encode_rle(mask),
-                    "area": area,
-                    "bbox": mask_bbox(mask),
                     "score": float(scores[i, round_index]),
                     "iscrowd": 0,
                 }
             )
-            kept_masks.append(mask)
+            encoded.append(encode_async(host[j]))  # segmentation, area, bbox: filled in below
+            kept_masks.append(host[j])
             kept_images.append(batch.originals[i])
             pooled_rows.append((i, round_index))
-            n_kept += 1
-        without_masks += int(n_kept == 0)
+        device_masks.append(resized[kept])
+        without_masks += int(not kept)
 
-    if mc.embedding == "cls_crop":
+    if mc.embedding == "cls_crop" and mc.embedding_crops == "batched":
+        embeddings = cls_crop_embeddings_batched(
+            backbone, [torch.from_numpy(o) for o in batch.originals], device_masks, mc.embedding_resolution,
+            mc.backbone.batch_size,
+        ).numpy()
+    elif mc.embedding == "cls_crop":
         embeddings = cls_crop_embeddings(
             backbone, kept_images, kept_masks, mc.embedding_resolution, mc.backbone.batch_size
         ).numpy()
@@ -208,6 +215,8 @@ def _process(backbone: Backbone, batch: ImageBatch, mc: MaskCutConfig, acc: _Acc
         embeddings = pooled[index[:, 0], index[:, 1]].float().cpu().numpy()
     else:
         embeddings = np.zeros((0, backbone.embed_dim), np.float32)
+    for annotation, fields in zip(annotations, encoded):
+        annotation.update(fields.result())
 
     acc.images.extend(images)
     acc.annotations.extend(annotations)

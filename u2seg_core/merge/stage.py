@@ -1,12 +1,14 @@
 """Merge stage: MaskCut instances (with their cluster ids) over STEGO stuff -> panoptic pseudo-labels.
 
 Per shard (`merge_shard`), for every image:
-    merge/panoptic/<image_id>.png   id2rgb(segment ids), COCO panoptic
-    merge/semantic/<image_id>.png   uint8: 0 things, 1..S stuff, 255 VOID
+    merge/panoptic/<shard>/<image_id>.png   id2rgb(segment ids), COCO panoptic (file_name <shard>/<image_id>.png)
+    merge/semantic/<shard>/<image_id>.png   uint8: 0 things, 1..S stuff, 255 VOID
 and `merge/shards/<shard>.json` = {images, panoptic (COCO panoptic annotations), instances
-(class-aware COCO instances: the occluded masks as RLE, category = cluster id, MaskCut score)}.
-`finalize` joins the shards into `merge/panoptic.json` (categories things 1..K, stuff K+1..K+S)
-and `merge/instances.json` (categories 1..K).
+(class-aware COCO instances: the occluded masks as RLE, category = cluster id, MaskCut score),
+instances_unoccluded (the same MaskCut masks whole, before painting: the train stage's things)}.
+`finalize` streams the shard files, one at a time, into `merge/panoptic.json` (categories things 1..K,
+stuff K+1..K+S) and `merge/instances.json` (categories 1..K), compact (`coco.CocoJsonWriter`): its
+memory does not grow with the number of images.
 
 Images that failed upstream, lack a STEGO map or have inconsistent inputs become FailureRecords;
 images without instances are kept (stuff only).
@@ -20,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from .. import storage
-from ..coco import dataset_json, decode_rle, encode_rle, id2rgb, image_entry
+from ..coco import CocoJsonWriter, decode_rle, encode_rle, id2rgb, image_entry
 from ..config import PipelineConfig
-from ..manifest import FailureRecord, GlobalResult, ShardManifest, ShardResult
+from ..manifest import FailureRecord, GlobalResult, ShardManifest, ShardResult, shard_name
 from ..rundir import RunDir
 from .panoptic import merge_image, semantic_from_segments
 
@@ -30,9 +32,9 @@ STAGE = "merge"
 UPSTREAM = ("maskcut", "cluster", "stego")
 
 
-def image_png(image_id: int) -> str:
-    """File name of an image's PNG in merge/panoptic, merge/semantic and stego/maps."""
-    return f"{image_id}.png"
+def png_name(shard: str, image_id: int) -> str:
+    """An image's PNG relative to merge/panoptic/ (the panoptic `file_name`) and merge/semantic/."""
+    return f"{shard}/{image_id}.png"
 
 
 def shard_json_url(run: RunDir, shard: str) -> str:
@@ -64,7 +66,7 @@ def merge_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
         annotations.setdefault(int(ann["image_id"]), []).append(ann)
     upstream_failed = upstream_failures(run, shard.name)
 
-    images, panoptic, instances = [], [], []
+    images, panoptic, instances, unoccluded = [], [], [], []
     failures: list[FailureRecord] = []
     counts = {"segments": 0.0, "thing_segments": 0.0, "stuff_segments": 0.0, "instances_occluded_away": 0.0}
     for record in shard.images:
@@ -78,7 +80,7 @@ def merge_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
             continue
         try:
             entry, pan_ann, inst_anns, n_dropped = merge_one(
-                run, record.image_id, entries.get(record.image_id), annotations.get(record.image_id, []),
+                run, shard.name, record.image_id, entries.get(record.image_id), annotations.get(record.image_id, []),
                 assignments, cfg,
             )
         except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -89,6 +91,7 @@ def merge_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
         images.append(entry)
         panoptic.append(pan_ann)
         instances.extend(inst_anns)
+        unoccluded.extend(unoccluded_instances(record.image_id, annotations.get(record.image_id, []), assignments))
         n_things = len(inst_anns)
         counts["segments"] += len(pan_ann["segments_info"])
         counts["thing_segments"] += n_things
@@ -96,14 +99,20 @@ def merge_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
         counts["instances_occluded_away"] += n_dropped
 
     url = shard_json_url(run, shard.name)
-    storage.write_json(url, {"images": images, "panoptic": panoptic, "instances": instances})
+    storage.write_json(
+        url, {"images": images, "panoptic": panoptic, "instances": instances, "instances_unoccluded": unoccluded}
+    )
     return ShardResult(
         stage=STAGE,
         shard=shard.name,
         n_images=len(shard.images),
         n_failed=len(failures),
         failures=failures,
-        outputs={"shard": run.rel(url)},
+        outputs={
+            "shard": run.rel(url),
+            "panoptic": run.rel(run.url(STAGE, "panoptic", shard.name)),
+            "semantic": run.rel(run.url(STAGE, "semantic", shard.name)),
+        },
         counts=counts,
         seconds=time.perf_counter() - start,
     )
@@ -119,8 +128,22 @@ def upstream_failures(run: RunDir, shard: str) -> dict[int, str]:
     return failed
 
 
+def unoccluded_instances(
+    image_id: int, annotations: list[dict[str, Any]], assignments: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The image's MaskCut masks whole (before painting), category = cluster id: what the train stage learns
+    things from, as U2Seg trains on them."""
+    return [
+        {"id": int(ann["id"]), "image_id": image_id, "category_id": int(assignments[str(ann["id"])]),
+         "segmentation": ann["segmentation"], "bbox": ann["bbox"], "area": ann.get("area", 0),
+         "score": float(ann.get("score", 1.0)), "iscrowd": 0}
+        for ann in annotations
+    ]
+
+
 def merge_one(
     run: RunDir,
+    shard: str,
     image_id: int,
     entry: dict[str, Any] | None,
     annotations: list[dict[str, Any]],
@@ -134,7 +157,7 @@ def merge_one(
     if entry is None:
         raise ValueError(f"no entry in maskcut/instances for image {image_id}; re-run maskcut for its shard")
     height, width = int(entry["height"]), int(entry["width"])
-    map_url = run.url("stego", "maps", image_png(image_id))
+    map_url = run.image_output_url("stego", "maps", shard, image_id)
     if not storage.exists(map_url):
         raise FileNotFoundError(f"no STEGO map {map_url}; re-run the stego stage for this shard")
     semantic = storage.read_png(map_url)
@@ -157,9 +180,9 @@ def merge_one(
         masks, cluster_ids, boxes, semantic, k, n_stuff,
         stuff_overlap_max=cfg.merge.stuff_overlap_max, min_segment_area=cfg.merge.min_segment_area,
     )
-    storage.write_png(run.url(STAGE, "panoptic", image_png(image_id)), id2rgb(segment_ids))
+    storage.write_png(run.image_output_url(STAGE, "panoptic", shard, image_id), id2rgb(segment_ids))
     semantic_png = semantic_from_segments(segment_ids, segments, k, n_stuff)
-    storage.write_png(run.url(STAGE, "semantic", image_png(image_id)), semantic_png)
+    storage.write_png(run.image_output_url(STAGE, "semantic", shard, image_id), semantic_png)
 
     instances = []
     for info in segments:
@@ -179,42 +202,46 @@ def merge_one(
                 "iscrowd": 0,
             }
         )
-    panoptic = {"image_id": image_id, "file_name": image_png(image_id), "segments_info": segments}
+    panoptic = {"image_id": image_id, "file_name": png_name(shard, image_id), "segments_info": segments}
     image = image_entry(image_id, entry.get("file_name", ""), height, width)
     return image, panoptic, instances, len(annotations) - len(instances)
 
 
 def finalize(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
-    """Join every shard's entries into merge/panoptic.json and merge/instances.json."""
+    """Stream every shard's entries into merge/panoptic.json and merge/instances.json (one shard in memory)."""
     start = time.perf_counter()
-    images, panoptic, instances = [], [], []
-    for shard in run.shards():
-        url = shard_json_url(run, shard.name)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"merge finalize: {url} is missing; run merge for {shard.name} first")
-        part = storage.read_json(url)
-        images.extend(part["images"])
-        panoptic.extend(part["panoptic"])
-        instances.extend(part["instances"])
     k, n_stuff = cfg.cluster.k, cfg.stego.n_classes
     all_categories = categories(k, n_stuff)
     description = f"u2seg pseudo-labels: {k} clusters, {n_stuff} STEGO classes"
     panoptic_url = run.url(STAGE, "panoptic.json")
     instances_url = run.url(STAGE, "instances.json")
-    storage.write_json(panoptic_url, dataset_json(images, panoptic, all_categories, description))
-    storage.write_json(instances_url, dataset_json(images, instances, all_categories[:k], description))
-    n_segments = sum(len(a["segments_info"]) for a in panoptic)
+    totals = {"n_images": 0, "n_segments": 0, "n_thing_segments": 0, "images_without_things": 0}
+    with (
+        CocoJsonWriter(panoptic_url, all_categories, description) as panoptic,
+        CocoJsonWriter(instances_url, all_categories[:k], description) as instances,
+    ):
+        for index, _ in run.plan_shards():
+            url = shard_json_url(run, shard_name(index))
+            if not storage.exists(url):
+                raise FileNotFoundError(f"merge finalize: {url} is missing; run merge for {shard_name(index)} first")
+            part = storage.read_json(url)
+            panoptic.add(part["images"], part["panoptic"])
+            instances.add(part["images"], part["instances"])
+            totals["n_images"] += len(part["images"])
+            totals["n_segments"] += sum(len(a["segments_info"]) for a in part["panoptic"])
+            totals["n_thing_segments"] += len(part["instances"])
+            totals["images_without_things"] += sum(
+                1 for a in part["panoptic"] if not any(s["category_id"] <= k for s in a["segments_info"])
+            )
     return GlobalResult(
         stage=STAGE,
         outputs={"panoptic_json": run.rel(panoptic_url), "instances_json": run.rel(instances_url)},
         summary={
-            "n_images": len(images),
-            "n_segments": n_segments,
-            "n_thing_segments": len(instances),
-            "n_stuff_segments": n_segments - len(instances),
-            "images_without_things": sum(
-                1 for a in panoptic if not any(s["category_id"] <= k for s in a["segments_info"])
-            ),
+            "n_images": totals["n_images"],
+            "n_segments": totals["n_segments"],
+            "n_thing_segments": totals["n_thing_segments"],
+            "n_stuff_segments": totals["n_segments"] - totals["n_thing_segments"],
+            "images_without_things": totals["images_without_things"],
         },
         seconds=time.perf_counter() - start,
     )

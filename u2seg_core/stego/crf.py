@@ -14,9 +14,7 @@ mean-field steps Q <- softmax(-U + sum_k w_k K_k Q). STEGO's constants: `StegoCo
 from __future__ import annotations
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
 import torch
-from pydensecrf.utils import unary_from_softmax
 from torch import Tensor
 
 from ..config import CRFConfig
@@ -25,6 +23,9 @@ from ..maskcut.crf import PROBABILITY_FLOOR, NormalisedKernel
 
 def dense_crf(image: np.ndarray, log_probs: np.ndarray, params: CRFConfig) -> np.ndarray:
     """pydensecrf marginals (K, H, W) float32 for an (H, W, 3) uint8 RGB image and (K, H, W) class scores."""
+    import pydensecrf.densecrf as dcrf  # imported here: the torch CRF (GPU) runs where pydensecrf is absent
+    from pydensecrf.utils import unary_from_softmax
+
     n_classes, height, width = log_probs.shape
     if image.shape != (height, width, 3) or image.dtype != np.uint8:
         raise ValueError(f"CRF image must be uint8 ({height}, {width}, 3), got {image.dtype} {image.shape}")

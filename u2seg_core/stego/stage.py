@@ -3,7 +3,9 @@
 Writes (relative to RUN/):
     stego/head.pt                 head + probes (trained here, or converted from `stego.pretrained`)
     stego/checkpoints/, stego/loss.json, stego/loss.png       training only
-    stego/maps/<image_id>.png     uint8 class 0..n_classes-1 at the image's original size
+    stego/maps/<shard>/<image_id>.png   uint8 class 0..n_classes-1 at the image's original size
+Training reads only the sample's token grids (features/sample.py), streamed when they do not fit in
+`stego.preload_bytes`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from PIL import Image
 from .. import storage
 from ..backbone import build_backbone
 from ..config import PipelineConfig, patch_size
-from ..features.stage import load_features
+from ..features.stage import training_sample
 from ..io.loader import iter_batches
-from ..manifest import FailureRecord, GlobalResult, ShardManifest, ShardResult
+from ..manifest import FailureRecord, GlobalResult, ShardManifest, ShardResult, shard_name
 from ..rundir import RunDir
 from .checkpoint import SemanticHead, load_head, load_released, save_head
+from ..store import FeatureStore
 from .infer import SemanticSegmenter
+from .tokens import StoredRows
 from .train import train_stego
 
 log = logging.getLogger(__name__)
@@ -31,9 +35,9 @@ STAGE = "stego"
 SUMMARY_WINDOW = 50
 
 
-def map_url(run: RunDir, image_id: int) -> str:
-    """Where the semantic map of an image is written."""
-    return run.url(STAGE, "maps", f"{image_id}.png")
+def map_url(run: RunDir, shard: str, image_id: int) -> str:
+    """Where the semantic map of an image of `shard` is written."""
+    return run.image_output_url(STAGE, "maps", shard, image_id)
 
 
 def head_url(run: RunDir) -> str:
@@ -61,7 +65,7 @@ def check_released(model: SemanticHead, cfg: PipelineConfig) -> None:
 
 
 def train_head(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
-    """Train head + cluster probe on every shard's stored features, or convert `stego.pretrained`."""
+    """Train head + cluster probe on the stored training sample, or convert `stego.pretrained`."""
     started = time.perf_counter()
     stego = cfg.stego
     if stego.pretrained is not None:
@@ -74,8 +78,11 @@ def train_head(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
             seconds=time.perf_counter() - started,
         )
     # the stored pooled features describe whole images; STEGO's KNN runs over crops, which train_stego pools
-    tokens, _, image_ids = load_features(run, [shard.name for shard in run.shards()])
-    result = train_stego(tokens, stego, run.url(STAGE), stego.device)
+    shards = [shard_name(index) for index, _ in run.plan_shards()]
+    tokens = StoredRows(FeatureStore(run.store), training_sample(run, shards, cfg))
+    image_ids = tokens.image_ids
+    data_identity = storage.hash_json([run.stage_manifest("features").hash, image_ids.tolist()])
+    result = train_stego(tokens, stego, run.url(STAGE), stego.device, data_identity)
     log.info(
         "STEGO head trained: %d steps (resumed from step %d) at %.2f steps/s",
         result.steps, result.resumed_from, result.steps_per_s,
@@ -86,6 +93,8 @@ def train_head(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
         "n_images": int(len(image_ids)),
         "n_items": result.n_items,
         "steps": result.steps,
+    }
+    metrics = {  # vary with non-deterministic GPU kernels: shown, never hashed
         "final_loss": float(np.mean(result.history["loss"][tail])),
         "final_probe_loss": float(np.mean(result.history["probe"][tail])),
     }
@@ -93,6 +102,7 @@ def train_head(run: RunDir, cfg: PipelineConfig) -> GlobalResult:
         stage=STAGE,
         outputs={name: run.rel(url) for name, url in result.outputs.items()},
         summary=summary,
+        metrics=metrics,
         seconds=time.perf_counter() - started,
     )
 
@@ -125,7 +135,7 @@ def stego_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
         maps = segmenter.predict(batch.pixels)
         for record, labels, (height, width) in zip(batch.records, maps, batch.original_sizes):
             full_size = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
-            storage.write_png(map_url(run, record.image_id), full_size)
+            storage.write_png(map_url(run, shard.name, record.image_id), full_size)
             written += 1
     seconds = time.perf_counter() - started
     return ShardResult(
@@ -134,7 +144,7 @@ def stego_shard(run: RunDir, shard: ShardManifest, cfg: PipelineConfig) -> Shard
         n_images=len(shard.images),
         n_failed=len(failures),
         failures=failures,
-        outputs={"maps": run.rel(run.url(STAGE, "maps"))},
+        outputs={"maps": run.rel(run.url(STAGE, "maps", shard.name))},
         counts={"images_per_s": written / seconds if seconds > 0 else 0.0},
         seconds=seconds,
     )

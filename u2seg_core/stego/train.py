@@ -13,6 +13,8 @@ import io
 import logging
 import re
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +26,7 @@ from ..config import StegoConfig
 from ..device import resolve_device
 from .checkpoint import save_head
 from .crops import TrainingItems
+from .tokens import StoredRows
 from .head import StegoHead
 from .knn import knn_table
 from .loss import correspondence_loss, draw_sampling
@@ -33,7 +36,8 @@ log = logging.getLogger(__name__)
 
 # fields that do not change what training computes (a run may resume across changes of these)
 NON_TRAINING_FIELDS = {
-    "steps", "checkpoint_every", "pretrained", "probe", "inference_resolution", "crf", "crf_params", "device"
+    "steps", "checkpoint_every", "pretrained", "probe", "inference_resolution", "crf", "crf_params", "device",
+    "preload_bytes",
 }
 HISTORY_KEYS = ("step", "loss", "self", "knn", "random", "probe")
 CHECKPOINT_NAME = re.compile(r"step-(\d{6,})\.pt$")
@@ -54,9 +58,10 @@ class TrainResult:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def training_identity(cfg: StegoConfig, tokens_shape: tuple[int, ...]) -> str:
+def training_identity(cfg: StegoConfig, tokens_shape: tuple[int, ...], data_identity: str = "") -> str:
     """Hash of everything that determines the trained weights except the step count."""
-    return storage.hash_json([cfg.model_dump(mode="json", exclude=NON_TRAINING_FIELDS), list(tokens_shape)])
+    config = cfg.model_dump(mode="json", exclude=NON_TRAINING_FIELDS)
+    return storage.hash_json([config, list(tokens_shape)] + ([data_identity] if data_identity else []))
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -107,8 +112,18 @@ def _cuda_rng_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def train_stego(tokens: np.ndarray | Tensor, cfg: StegoConfig, out_dir: str, device: str = "auto") -> TrainResult:
+def train_stego(
+    tokens: np.ndarray | Tensor | StoredRows,
+    cfg: StegoConfig,
+    out_dir: str,
+    device: str = "auto",
+    data_identity: str = "",
+) -> TrainResult:
     """Train head + cluster probe on stored tokens (n, C, h, w) for `cfg.steps` steps.
+
+    tokens: in memory, or the stored sample (read into memory when at most `cfg.preload_bytes`, else
+    streamed batch by batch; the same weights either way). data_identity: what the tokens are (e.g. a
+    hash of the feature store and sample), so checkpoints of other data of the same shape are not resumed.
 
     Writes under `out_dir` (local path or URL): checkpoints/step-NNNNNN.pt every `cfg.checkpoint_every`
     steps and at the end (weights, optimiser states, loss history), loss.json, loss.png and head.pt.
@@ -117,7 +132,7 @@ def train_stego(tokens: np.ndarray | Tensor, cfg: StegoConfig, out_dir: str, dev
     """
     started = time.perf_counter()
     torch_device = resolve_device(device)
-    items = TrainingItems(tokens, cfg.crop, cfg.train_grid, torch_device)
+    items = TrainingItems(tokens, cfg.crop, cfg.train_grid, torch_device, cfg.preload_bytes, cfg.crop_ratio)
     knn = knn_table(items.pooled(), cfg.knn, use_gpu=torch_device.type == "cuda")
     sampler = BatchSampler(len(items), cfg.batch_size, cfg.seed)
 
@@ -130,7 +145,7 @@ def train_stego(tokens: np.ndarray | Tensor, cfg: StegoConfig, out_dir: str, dev
     head_optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     probe_optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.probe_lr)
 
-    identity = training_identity(cfg, tuple(items.tokens.shape))
+    identity = training_identity(cfg, items.shape, data_identity)
     history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
     start_step = 0
     latest = latest_checkpoint(out_dir, cfg.steps)
@@ -152,8 +167,12 @@ def train_stego(tokens: np.ndarray | Tensor, cfg: StegoConfig, out_dir: str, dev
             storage.remove(storage.join(out_dir, "checkpoints"), recursive=True)
 
     loop_started = time.perf_counter()
-    for step in range(start_step, cfg.steps):
-        losses = training_step(items, knn, sampler, head, probe, (head_optimizer, probe_optimizer), cfg, step)
+    streamed = isinstance(items.source, StoredRows)  # read step t+1's grids from the store while step t trains
+    for inputs in step_inputs(items, knn, sampler, cfg, range(start_step, cfg.steps), ahead=streamed):
+        step = inputs.step
+        losses = training_step(
+            items, knn, sampler, head, probe, (head_optimizer, probe_optimizer), cfg, step, inputs
+        )
         for key in HISTORY_KEYS:
             history[key].append(float(step) if key == "step" else losses[key])
         done = step + 1
@@ -196,6 +215,43 @@ def train_stego(tokens: np.ndarray | Tensor, cfg: StegoConfig, out_dir: str, dev
     )
 
 
+@dataclass
+class StepInputs:
+    """What step t trains on: its batch's features (B, C, g, g), their KNN positives' features, and the step's
+    generator after drawing the positives (it goes on to draw the loss's sample points and negatives)."""
+
+    step: int
+    generator: torch.Generator
+    feats: Tensor
+    feats_pos: Tensor
+
+
+def load_step_inputs(
+    items: TrainingItems, knn: np.ndarray, sampler: BatchSampler, cfg: StegoConfig, step: int
+) -> StepInputs:
+    generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+    batch = sampler(step)
+    positives = knn[batch, torch.randint(knn.shape[1], (len(batch),), generator=generator).numpy()]
+    return StepInputs(step, generator, items.gather(batch), items.gather(positives))
+
+
+def step_inputs(
+    items: TrainingItems, knn: np.ndarray, sampler: BatchSampler, cfg: StegoConfig, steps: range, ahead: bool
+) -> Iterator[StepInputs]:
+    """`load_step_inputs` of every step in order; `ahead` loads step t+1 in a background thread while the
+    caller trains step t (the same inputs either way: every draw depends on the step only)."""
+    if not ahead:
+        yield from (load_step_inputs(items, knn, sampler, cfg, step) for step in steps)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="u2seg-prefetch") as pool:
+        pending = [pool.submit(load_step_inputs, items, knn, sampler, cfg, step) for step in steps[:1]]
+        for step in steps:
+            current = pending.pop().result()
+            if step + 1 < steps.stop:
+                pending.append(pool.submit(load_step_inputs, items, knn, sampler, cfg, step + 1))
+            yield current
+
+
 def training_step(
     items: TrainingItems,
     knn: np.ndarray,
@@ -205,15 +261,14 @@ def training_step(
     optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
     cfg: StegoConfig,
     step: int,
+    inputs: StepInputs | None = None,
 ) -> dict[str, float]:
-    """One optimisation step of head and probe; returns the step's loss values."""
+    """One optimisation step of head and probe (on `inputs`, else loaded here); returns the step's loss values."""
     seed = step_seed(cfg.seed, step)
-    generator = torch.Generator().manual_seed(seed)
-    batch = sampler(step)
-    positives = knn[batch, torch.randint(knn.shape[1], (len(batch),), generator=generator).numpy()]
-    feats = items.gather(batch)
-    feats_pos = items.gather(positives)
-    draw = draw_sampling(len(batch), cfg.loss, generator)
+    inputs = inputs or load_step_inputs(items, knn, sampler, cfg, step)
+    generator, feats, feats_pos = inputs.generator, inputs.feats, inputs.feats_pos
+    batch_size = len(feats)
+    draw = draw_sampling(batch_size, cfg.loss, generator)
     with torch.random.fork_rng(devices=_cuda_rng_devices(items.device)):
         torch.manual_seed(seed)  # dropout masks
         codes = head(feats)

@@ -1,0 +1,1 @@
+"""Prediction with a trained (or released) U2Seg model: per-image writers and the `predict` stage."""
