@@ -7,7 +7,6 @@ checkpoint in detectron2's layout goes through detectron2's DefaultPredictor and
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

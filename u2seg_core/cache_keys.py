@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -88,31 +87,15 @@ def stage_source_files(modules: tuple[str, ...]) -> tuple[Path, ...]:
 
 
 @lru_cache(maxsize=None)
-def _source_digest(module: str) -> str:
-    """sha256 of the source of `module` (every .py file below it for a package)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"cannot find the source of {module}")
-    origin = Path(spec.origin)
-    files = sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(origin.parent).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-@lru_cache(maxsize=None)
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def code_version(spec: StageSpec) -> str:
     """Stage version + hash of the stage's source: its step modules with every module of this package they
-    import (`stage_source_files`), and the packages named in `code_modules` (what the scan cannot see).
-    Editing any of them invalidates the stage's cache."""
+    import (`stage_source_files`). Editing any of them invalidates the stage's cache."""
     files = [[p.relative_to(PACKAGE_ROOT).as_posix(), _file_digest(p)] for p in stage_source_files(spec.step_modules)]
-    return f"{spec.version}-{storage.hash_json([files, [_source_digest(m) for m in spec.code_modules]])}"
+    return f"{spec.version}-{storage.hash_json(files)}"
 
 
 def upstream_hashes(manifests: dict[str, StageManifest]) -> dict[str, str]:

@@ -22,9 +22,8 @@ class StageSpec:
 
     `version` is bumped by hand when outputs change for a reason the code hash cannot see (e.g. a dependency);
     the source of the stage's step modules and of every u2seg_core module they import (found by scanning their
-    imports), plus any package named in `code_modules` (code reached only dynamically), enters every cache key
-    as well (`u2seg_core.cache_keys.code_version`). `relist`: the global step runs on every execution (plan re-lists
-    the source); downstream keys still only change when its result does.
+    imports) enters every cache key as well (`u2seg_core.cache_keys.code_version`). `relist`: the global step
+    runs on every execution (plan re-lists the source); downstream keys still only change when its result does.
     """
 
     name: str
@@ -36,7 +35,6 @@ class StageSpec:
     global_first: bool = True
     gpu: bool = False
     relist: bool = False
-    code_modules: tuple[str, ...] = ()
     upstream_when: str | None = None  # "module:function" cfg -> the subset of `upstream` this config reads
     on_request: bool = False  # runs only when named (`u2seg predict`, `u2seg stage predict`), not in a whole run
     # "module:function" (cfg, upstream stage manifests) -> JSON-able material that enters every key of the stage:
@@ -111,7 +109,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "train", "1", ("merge",), operator.attrgetter("train"), global_step="u2seg_core.train.stage:train_stage",
-            gpu=True, code_modules=("u2seg_core.train", "u2seg_core.model"), on_request=True,
+            gpu=True, on_request=True,
         ),
         StageSpec(
             "predict", "1", ("plan", "train"), operator.attrgetter("predict"),
